@@ -1,0 +1,67 @@
+// The psd command (API.md section 9). Exit status: 0 success, 1 load or input error, 2 usage.
+import { USAGE } from './usage.js'
+import { parse, tenantFromOptions, UsageError, type RunValues } from './options.js'
+import { Logger } from '../log.js'
+import { loadConfigFile, ConfigError, type TenantConfig } from '../config.js'
+import { LoadError } from '../engine/tenant.js'
+import { CaptureError } from '../pcap/reader.js'
+import { runOffline } from '../offline/run.js'
+import { runCheck } from './check.js'
+
+export async function main(argv: string[]): Promise<number> {
+  let values: RunValues, positionals: string[]
+  try {
+    ({ values, positionals } = parse(argv))
+  } catch (e) {
+    return usage((e as Error).message)
+  }
+  if (values.help) { process.stdout.write(USAGE); return 0 }
+  const format = values['log-format'] ?? 'json'
+  if (format !== 'json' && format !== 'text') return usage(`--log-format: expected json or text, got "${format}"`)
+  const level = (values['log-level'] ?? 'info') as any
+  if (!['debug', 'info', 'warn', 'error'].includes(level)) return usage(`--log-level: expected debug, info, warn or error`)
+  const log = new Logger({ format, level })
+  const command = positionals[0]
+  try {
+    if (command === 'check') return runCheck(positionals.slice(1), values)
+    if (command !== undefined) return usage(`unknown command "${command}"`)
+    return await run(values, log)
+  } catch (e) {
+    if (e instanceof UsageError) return usage(e.message)
+    if (e instanceof LoadError || e instanceof ConfigError || e instanceof CaptureError) {
+      log.error(e.message)
+      return 1
+    }
+    throw e
+  }
+}
+
+function usage(msg: string): number {
+  process.stderr.write(`psd: ${msg}\n\n${USAGE}`)
+  return 2
+}
+
+async function run(values: RunValues, log: Logger): Promise<number> {
+  let tenants: TenantConfig[]
+  if (values.config !== undefined) {
+    if (values.script !== undefined) throw new UsageError('give --script or --config, not both')
+    tenants = loadConfigFile(values.config).tenants
+  } else {
+    tenants = [tenantFromOptions(values)]
+  }
+  if (values.pcap !== undefined) {
+    return runOffline({
+      tenants,
+      pcap: values.pcap,
+      log,
+      batchSize: values.batch !== undefined ? Number(values.batch) : undefined,
+      outputs: {
+        accepted: values['write-accepted'],
+        dropped: values['write-dropped'],
+        sent: values['write-sent'],
+        verdicts: values.verdicts,
+      },
+    })
+  }
+  throw new UsageError('live mode (no --pcap) needs the NFQUEUE addon, which this build does not include yet')
+}

@@ -1,0 +1,134 @@
+// Tenant settings from the command line or a JSON config file (API.md section 9), validated
+// with errors that name the key.
+import { readFileSync } from 'node:fs'
+
+export type FaultPolicy = 'accept' | 'drop'
+
+export interface TenantConfig {
+  name: string
+  script: string
+  queues: number[]
+  fuel: number
+  memory: number
+  timeoutMs: number
+  onFault: FaultPolicy
+  send: boolean
+  entry?: string
+  workers: number
+}
+
+export interface Config {
+  tenants: TenantConfig[]
+  metrics?: string
+  control?: string
+}
+
+export const DEFAULTS = {
+  fuel: 1_000_000,
+  memory: 16 * 1024 * 1024,
+  timeoutMs: 50,
+  onFault: 'accept' as FaultPolicy,
+  queue: 0,
+}
+
+export class ConfigError extends Error {}
+
+const UNITS: Record<string, number> = {
+  '': 1, b: 1, k: 1024, kb: 1000, kib: 1024, m: 1024 ** 2, mb: 1000 ** 2, mib: 1024 ** 2,
+  g: 1024 ** 3, gb: 1000 ** 3, gib: 1024 ** 3,
+}
+
+/** "16MiB", "512KiB", "8m", 1048576 -> bytes. */
+export function parseSize(v: unknown, what: string): number {
+  if (typeof v === 'number' && Number.isInteger(v) && v > 0) return v
+  if (typeof v === 'string') {
+    const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(v)
+    const unit = m ? UNITS[m[2].toLowerCase()] : undefined
+    if (m && unit) {
+      const n = Math.round(Number(m[1]) * unit)
+      if (n > 0) return n
+    }
+  }
+  throw new ConfigError(`${what}: expected a size such as 16MiB or 8388608, got ${JSON.stringify(v)}`)
+}
+
+export function parseCount(v: unknown, what: string, min = 1, max = Number.MAX_SAFE_INTEGER): number {
+  const n = typeof v === 'string' && /^\s*[\d_,]+\s*$/.test(v) ? Number(v.replace(/[_,\s]/g, '')) : v
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
+    throw new ConfigError(`${what}: expected an integer in ${min}..${max}, got ${JSON.stringify(v)}`)
+  }
+  return n
+}
+
+/** "3" -> [3]; "2-5" -> [2,3,4,5]. */
+export function parseQueues(v: unknown, what: string): number[] {
+  if (typeof v === 'number') return [parseCount(v, what, 0, 65535)]
+  if (typeof v === 'string') {
+    const m = /^\s*(\d+)\s*(?:-\s*(\d+))?\s*$/.exec(v)
+    if (m) {
+      const a = parseCount(Number(m[1]), what, 0, 65535), b = m[2] === undefined ? a : parseCount(Number(m[2]), what, 0, 65535)
+      if (b >= a && b - a < 1024) return Array.from({ length: b - a + 1 }, (_, i) => a + i)
+    }
+  }
+  throw new ConfigError(`${what}: expected a queue number or a range A-B, got ${JSON.stringify(v)}`)
+}
+
+export function parseFault(v: unknown, what: string): FaultPolicy {
+  if (v === 'accept' || v === 'drop') return v
+  throw new ConfigError(`${what}: expected "accept" or "drop", got ${JSON.stringify(v)}`)
+}
+
+const TENANT_KEYS = new Set(['name', 'script', 'queue', 'queues', 'fuel', 'memory', 'timeout_ms', 'on_fault', 'send', 'function', 'workers'])
+const TOP_KEYS = new Set(['tenants', 'metrics', 'control'])
+
+/** Reads and validates a config file. Script paths are taken relative to the config file's folder. */
+export function loadConfigFile(path: string, resolveScript: (p: string) => string = (p) => p): Config {
+  let raw: unknown
+  let text: string
+  try { text = readFileSync(path, 'utf8') } catch (e: any) { throw new ConfigError(`${path}: cannot read config: ${e.code ?? e.message}`) }
+  try { raw = JSON.parse(text) } catch (e: any) { throw new ConfigError(`${path}: not valid JSON: ${e.message}`) }
+  return parseConfig(raw, path, resolveScript)
+}
+
+export function parseConfig(raw: unknown, path: string, resolveScript: (p: string) => string = (p) => p): Config {
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError(`${path}: the config must be a JSON object`)
+  const o = raw as Record<string, unknown>
+  for (const k of Object.keys(o)) if (!TOP_KEYS.has(k)) throw new ConfigError(`${path}: unknown key "${k}"`)
+  if (!Array.isArray(o.tenants) || o.tenants.length === 0) throw new ConfigError(`${path}: "tenants" must be a non-empty list`)
+  const names = new Set<string>()
+  const tenants = o.tenants.map((t, i) => {
+    const where = `${path}: tenants[${i}]`
+    if (!t || typeof t !== 'object' || Array.isArray(t)) throw new ConfigError(`${where}: must be an object`)
+    const r = t as Record<string, unknown>
+    for (const k of Object.keys(r)) if (!TENANT_KEYS.has(k)) throw new ConfigError(`${where}: unknown key "${k}"`)
+    if (typeof r.name !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(r.name)) throw new ConfigError(`${where}.name: expected 1-64 letters, digits, _ . or -`)
+    if (names.has(r.name)) throw new ConfigError(`${where}.name: "${r.name}" is used twice`)
+    names.add(r.name)
+    if (typeof r.script !== 'string' || !r.script) throw new ConfigError(`${where}.script: expected a file path`)
+    if (r.queue !== undefined && r.queues !== undefined) throw new ConfigError(`${where}: give "queue" or "queues", not both`)
+    if (r.send !== undefined && typeof r.send !== 'boolean') throw new ConfigError(`${where}.send: expected true or false`)
+    if (r.function !== undefined && (typeof r.function !== 'string' || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(r.function))) throw new ConfigError(`${where}.function: expected a Lua function name`)
+    const tc: TenantConfig = {
+      name: r.name,
+      script: resolveScript(r.script),
+      queues: r.queues !== undefined ? parseQueues(r.queues, `${where}.queues`) : r.queue !== undefined ? parseQueues(r.queue, `${where}.queue`) : [i === 0 ? DEFAULTS.queue : DEFAULTS.queue + i],
+      fuel: r.fuel !== undefined ? parseCount(r.fuel, `${where}.fuel`, 100, 1e12) : DEFAULTS.fuel,
+      memory: r.memory !== undefined ? parseSize(r.memory, `${where}.memory`) : DEFAULTS.memory,
+      timeoutMs: r.timeout_ms !== undefined ? parseCount(r.timeout_ms, `${where}.timeout_ms`, 1, 600_000) : DEFAULTS.timeoutMs,
+      onFault: r.on_fault !== undefined ? parseFault(r.on_fault, `${where}.on_fault`) : DEFAULTS.onFault,
+      send: r.send === true,
+      entry: r.function as string | undefined,
+      workers: r.workers !== undefined ? parseCount(r.workers, `${where}.workers`, 1, 64) : 1,
+    }
+    if (tc.memory < 1 << 20 || tc.memory > 1 << 30) throw new ConfigError(`${where}.memory: must be between 1MiB and 1GiB`)
+    return tc
+  })
+  const seen = new Map<number, string>()
+  for (const t of tenants) for (const q of t.queues) {
+    if (seen.has(q)) throw new ConfigError(`${path}: queue ${q} is given to both "${seen.get(q)}" and "${t.name}"`)
+    seen.set(q, t.name)
+  }
+  if (o.metrics !== undefined && (typeof o.metrics !== 'string' || !/^[^\s:]*:\d+$/.test(o.metrics))) throw new ConfigError(`${path}: "metrics": expected HOST:PORT`)
+  if (o.control !== undefined && (typeof o.control !== 'string' || !o.control)) throw new ConfigError(`${path}: "control": expected a socket path`)
+  return { tenants, metrics: o.metrics as string | undefined, control: o.control as string | undefined }
+}

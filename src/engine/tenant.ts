@@ -1,0 +1,106 @@
+// A tenant: one script, its VM, budgets, fault policy and counters. Runs batches and turns the
+// VM's per-packet results into final verdicts: a fault gives the tenant's fault verdict and a
+// log line with the script's file and line; a VM that cannot go on is rebuilt from the script.
+import { readFileSync } from 'node:fs'
+import { LuaVM, BatchOutput, LoadError, FAULT_KINDS, type HostServices } from '../../wasm/vm.js'
+import type { TenantConfig } from '../config.js'
+import type { Logger } from '../log.js'
+import { FaultLog } from './fault-log.js'
+
+export { BatchOutput, LoadError, FAULT_KINDS }
+
+export interface TenantCounters {
+  packets: number
+  accepted: number
+  dropped: number
+  modified: number
+  faults: Record<string, number>
+  rebuilds: number
+}
+
+/** Reads a script file; a missing or unreadable file is a LoadError naming it. */
+export function readScript(path: string): string {
+  try {
+    return readFileSync(path, 'utf8')
+  } catch (e: any) {
+    throw new LoadError(`${path}: cannot read script: ${e.code === 'ENOENT' ? 'no such file' : e.code ?? e.message}`)
+  }
+}
+
+export class Tenant {
+  readonly stats = new Map<string, number>()
+  readonly counters: TenantCounters = { packets: 0, accepted: 0, dropped: 0, modified: 0, faults: {}, rebuilds: 0 }
+  readonly faultLog: FaultLog
+  private vm: LuaVM | null = null
+  private source = ''
+
+  private constructor(readonly cfg: TenantConfig, readonly log: Logger, private clock: 'capture' | 'real') {
+    this.faultLog = new FaultLog(log)
+  }
+
+  /** Loads the script; throws LoadError (file:line) if it does not load. */
+  static async start(cfg: TenantConfig, log: Logger, clock: 'capture' | 'real'): Promise<Tenant> {
+    const t = new Tenant(cfg, log.child({ tenant: cfg.name, script: cfg.script }), clock)
+    t.source = readScript(cfg.script)
+    t.vm = await t.build()
+    return t
+  }
+
+  private host(): HostServices {
+    const scriptLog = this.log
+    return {
+      clock: this.clock,
+      log: (level, msg, where) => scriptLog.log((['debug', 'info', 'warn', 'error'] as const)[level] ?? 'info', msg, { where: where || undefined, source: 'script' }),
+      stat: (op, name, value) => {
+        if (op === 0) this.stats.set(name, (this.stats.get(name) ?? 0) + value)
+        else this.stats.set(name, value)
+      },
+    }
+  }
+
+  private build(): Promise<LuaVM> {
+    return LuaVM.create({
+      scriptPath: this.cfg.script, source: this.source, entry: this.cfg.entry,
+      fuel: this.cfg.fuel, memory: this.cfg.memory, timeoutMs: this.cfg.timeoutMs, host: this.host(),
+    })
+  }
+
+  get memoryUsed(): number { return this.vm?.memoryUsed ?? 0 }
+
+  /**
+   * Runs one batch. Afterwards out.verdict[k] holds each packet's final kernel verdict code
+   * (faults already replaced by the fault policy) and out.fault[k] the fault kind index.
+   */
+  async run(batch: Uint8Array, count: number, out: BatchOutput, ns: ArrayLike<number>): Promise<void> {
+    const vm = this.vm!
+    const faults = vm.runBatch(batch, count, out)
+    if (faults) {
+      const policy = this.cfg.onFault === 'drop' ? 0 : 1
+      for (let k = 0; k < count; k++) {
+        const f = out.fault[k]
+        if (!f) continue
+        const kind = FAULT_KINDS[f]!
+        this.counters.faults[kind] = (this.counters.faults[kind] ?? 0) + 1
+        out.verdict[k] = policy
+        this.faultLog.report(kind, out.message[k] ?? kind, ns[k])
+      }
+      if (vm.isBroken) await this.rebuild('the VM crashed')
+    }
+  }
+
+  /** Replaces a VM that cannot go on with a fresh one from the same script (its globals are lost). */
+  async rebuild(why: string): Promise<void> {
+    this.vm?.close()
+    this.vm = null
+    this.counters.rebuilds++
+    this.log.warn(`VM rebuilt from the script after ${why}; the script's globals were lost`)
+    this.vm = await this.build()
+  }
+
+  stop(): void {
+    if (!this.vm) return
+    try { this.vm.callLifecycle('on_stop') } catch (e) { this.log.error((e as Error).message) }
+    this.vm.close()
+    this.vm = null
+  }
+}

@@ -1,0 +1,664 @@
+// One tenant's Lua VM: a private wasm instance driven through the raw Lua C API.
+//
+// The hot path is runBatch(): the batch of packet records is copied once into the wasm heap,
+// pushed as one Lua string, and walked by the prelude's P.run loop; each packet reports its
+// verdict through the host function done(), which also re-arms the fuel hook. One
+// lua_pcallk per batch, no JavaScript object ever enters the VM.
+//
+// Budgets live here too: fuel is a count hook (re-armed per call; once spent it fires on every
+// instruction so pcall cannot swallow it), memory is a byte cap counted by a JS allocator on
+// every allocation (plus the wasm memory's own maximum), time is checked by the same hook
+// between instructions. A runaway inside one C library call is beyond any hook: the worker
+// watchdog (src/) terminates the thread running this VM.
+import { readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { dirname, join } from 'node:path'
+import { webcrypto } from 'node:crypto'
+import { loadLuaWasm, type RawExports } from './loader.js'
+import { fixup, checksum16 } from '../src/packet/checksum.js'
+
+const LUA_MASKCOUNT = 8
+const LUA_REGISTRYINDEX = -1001000
+const LUA_TNIL = 0, LUA_TBOOLEAN = 1, LUA_TNUMBER = 3, LUA_TSTRING = 4
+const LUA_ERRMEM = 4
+/** The chunk name of the script: Lua cuts long chunk names to 60 bytes, so messages carry this
+ *  token and the host puts the path back, exactly as the user gave it. */
+const SCRIPT_TOKEN = '<script>'
+/** Instructions between two looks at the clock while a call runs. */
+const HOOK_PERIOD = 10000
+/** Bytes above the script's cap that only the host's own pushes may use (never the script). */
+const HOST_HEADROOM = 1 << 20
+/** Wasm memory beyond the Lua cap: C stack, static data, staging buffer, allocator slack. */
+const WASM_OVERHEAD = 6 << 20
+export const MAX_BATCH_BYTES = 512 << 10
+
+export type FaultKind = 'fuel' | 'memory' | 'time' | 'error' | 'crash' | 'verdict'
+export const FAULT_KINDS: (FaultKind | null)[] = [null, 'fuel', 'memory', 'time', 'error', 'crash', 'verdict']
+const F_FUEL = 1, F_MEMORY = 2, F_TIME = 3, F_ERROR = 4, F_CRASH = 5, F_VERDICT = 6
+
+const PRELUDE = ['packet.lua', 'lib.lua', 'proto.lua', 'services.lua', 'sandbox.lua']
+const luaDir = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'wasm', 'lua')
+
+export interface HostServices {
+  /** level: 0 debug, 1 info, 2 warn, 3 error; where: script file:line or ''. */
+  log(level: number, msg: string, where: string): void
+  stat(op: 0 | 1, name: string, value: number): void
+  /** 'capture': time.now() is the current packet's timestamp (offline); 'real': the wall clock. */
+  clock: 'capture' | 'real'
+  ifname?(index: number): string | undefined
+}
+
+export interface VmConfig {
+  /** The script's path as the user gave it: used in every message. */
+  scriptPath: string
+  source: string
+  entry?: string
+  fuel: number
+  memory: number
+  timeoutMs: number
+  host: HostServices
+}
+
+/** A script that does not load: the message names the file and, where known, the line. */
+export class LoadError extends Error {
+  constructor(message: string, readonly kind: FaultKind | 'load' = 'load') { super(message) }
+}
+
+/** Per-packet results of one batch; reused across batches. */
+export class BatchOutput {
+  verdict: Int32Array
+  mark: Float64Array
+  fault: Uint8Array
+  fuel: Float64Array
+  data: (Uint8Array | null)[]
+  message: (string | null)[]
+  constructor(readonly capacity: number) {
+    this.verdict = new Int32Array(capacity)
+    this.mark = new Float64Array(capacity)
+    this.fault = new Uint8Array(capacity)
+    this.fuel = new Float64Array(capacity)
+    this.data = new Array(capacity).fill(null)
+    this.message = new Array(capacity).fill(null)
+  }
+}
+
+export class LuaVM {
+  private ex!: RawExports
+  private m: any
+  private L = 0
+  private u8!: Uint8Array
+  private dv!: DataView
+  // budgets
+  private readonly fuel: number
+  private readonly timeoutNs: bigint
+  private hookPtr = 0
+  private armed = 0
+  private left = 0
+  private callStart = 0n
+  private fault = 0
+  private faultWhere = ''
+  private memUsed = 0
+  private memLimit: number
+  private memPending = false
+  private pendingPtr = 0
+  private pendingSize = 0
+  private inCall = false
+  private hookCountOffset = -1
+  // batch state
+  private staging = 0
+  private stagingSize = 0
+  private out: BatchOutput | null = null
+  private k = 0
+  private pos = 0
+  private batch: Uint8Array | null = null
+  private batchView: DataView | null = null
+  private cstrs = new Map<string, number>()
+  private funcs: number[] = []
+  private lenPtr = 0
+  private debugPtr = 0
+  private errRefs: Record<string, number> = {}
+  readonly scriptPath: string
+  private broken = false
+  private get entryName(): string { return this.cfg.entry ?? 'on_packet' }
+
+  private constructor(private cfg: VmConfig) {
+    this.scriptPath = cfg.scriptPath
+    this.fuel = cfg.fuel
+    this.timeoutNs = BigInt(Math.round(cfg.timeoutMs * 1e6))
+    this.memLimit = cfg.memory
+  }
+
+  /** Builds the VM, loads the prelude and the script, binds the entry function, runs on_start. */
+  static async create(cfg: VmConfig): Promise<LuaVM> {
+    const vm = new LuaVM(cfg)
+    const wasm = await loadLuaWasm(cfg.memory + HOST_HEADROOM + MAX_BATCH_BYTES + WASM_OVERHEAD)
+    vm.ex = wasm.ex
+    vm.m = wasm.module
+    vm.init()
+    return vm
+  }
+
+  get memoryUsed(): number { return this.memUsed }
+  get isBroken(): boolean { return this.broken }
+
+  // ---------------------------------------------------------------- setup
+
+  private init(): void {
+    const ex = this.ex
+    this.refreshViews()
+    this.lenPtr = ex.malloc(8)
+    this.debugPtr = ex.malloc(256)
+    const alloc = this.m.addFunction(this.allocate, 'iiiii')
+    this.funcs.push(alloc)
+    this.L = ex.lua_newstate(alloc, 0)
+    if (!this.L) throw new LoadError(`${this.scriptPath}: cannot create a Lua state within ${this.cfg.memory} bytes`, 'memory')
+    this.hookPtr = this.m.addFunction(this.onHook, 'vii')
+    this.funcs.push(this.hookPtr)
+    this.findHookCountOffset()
+    ex.luaL_openlibs(this.L)
+    // Budget error values live in the registry so raising one never allocates.
+    for (const [kind, text] of [['fuel', 'psd: fuel budget exhausted'], ['time', 'psd: time budget exhausted'],
+      ['memory', 'not enough memory']] as const) {
+      ex.lua_pushstring(this.L, this.cstr(text))
+      this.errRefs[kind] = ex.luaL_ref(this.L, LUA_REGISTRYINDEX)
+    }
+    this.stagingSize = MAX_BATCH_BYTES
+    this.staging = ex.malloc(this.stagingSize)
+    this.loadPrelude()
+    this.loadScript()
+  }
+
+  private refreshViews(): void {
+    const buf = this.ex.memory.buffer
+    if (!this.u8 || this.u8.buffer !== buf) {
+      this.u8 = new Uint8Array(buf)
+      this.dv = new DataView(buf)
+    }
+  }
+
+  private cstr(s: string): number {
+    let p = this.cstrs.get(s)
+    if (p === undefined) {
+      const b = Buffer.from(s + '\0', 'utf8')
+      p = this.ex.malloc(b.length) as number
+      this.refreshViews()
+      this.u8.set(b, p)
+      this.cstrs.set(s, p)
+    }
+    return p
+  }
+
+  /** Reads the string at stack index idx (no metamethods: safe on any value). */
+  private str(idx: number): string | null {
+    const t = this.ex.lua_type(this.L, idx)
+    if (t !== LUA_TSTRING && t !== LUA_TNUMBER) return null
+    const p = this.ex.lua_tolstring(this.L, idx, this.lenPtr)
+    this.refreshViews()
+    const n = this.dv.getUint32(this.lenPtr, true)
+    return Buffer.from(this.u8.buffer, p, n).toString('utf8')
+  }
+
+  /** Puts the script's path back where Lua wrote the chunk token. */
+  private named(s: string): string {
+    return s.includes(SCRIPT_TOKEN) ? s.replaceAll(SCRIPT_TOKEN, this.scriptPath) : s
+  }
+
+  private bytesAt(idx: number): Uint8Array {
+    const p = this.ex.lua_tolstring(this.L, idx, this.lenPtr)
+    this.refreshViews()
+    const n = this.dv.getUint32(this.lenPtr, true)
+    return this.u8.slice(p, p + n)
+  }
+
+  private pushBytes(b: Uint8Array): void {
+    const p = this.ex.malloc(Math.max(1, b.length))
+    this.refreshViews()
+    this.u8.set(b, p)
+    this.ex.lua_pushlstring(this.L, p, b.length)
+    this.ex.free(p)
+  }
+
+  /** The lua_State field hookcount, found by arming a distinctive count: lets psd read the
+   *  exact instructions a call used (fuel accounting) without a hook firing per instruction. */
+  private findHookCountOffset(): void {
+    const probe = 0x2345671
+    this.ex.lua_sethook(this.L, this.hookPtr, LUA_MASKCOUNT, probe)
+    this.refreshViews()
+    for (let off = 0; off < 200; off += 4) {
+      if (this.dv.getInt32(this.L + off, true) === probe && this.dv.getInt32(this.L + off + 4, true) === probe) {
+        this.hookCountOffset = off + 4 // basehookcount then hookcount
+        break
+      }
+    }
+    this.ex.lua_sethook(this.L, 0, 0, 0)
+  }
+
+  private hostFunction(name: string, fn: (L: number) => number): void {
+    const ptr = this.m.addFunction((L: number) => {
+      try { return fn(L) } catch (e) {
+        if (e === Infinity) throw e // a Lua error (emscripten's longjmp) on its way to its pcall
+        // A host function must never throw through wasm frames: that would leave the Lua state
+        // inconsistent. Mark the VM broken so it gets rebuilt, and stop the call cleanly.
+        this.broken = true
+        this.fault = F_CRASH
+        this.faultWhere = `host function ${name}: ${(e as Error).message}`
+        this.ex.lua_sethook(this.L, this.hookPtr, LUA_MASKCOUNT, 1)
+        return 0
+      }
+    }, 'ii')
+    this.funcs.push(ptr)
+    this.ex.lua_pushcclosure(this.L, ptr, 0)
+    this.ex.lua_setfield(this.L, -2, this.cstr(name))
+  }
+
+  private loadPrelude(): void {
+    const ex = this.ex, L = this.L
+    ex.lua_settop(L, 0)
+    ex.lua_createtable(L, 0, 16) // P: private to the prelude
+    ex.lua_createtable(L, 0, 0)
+    ex.lua_setfield(L, 1, this.cstr('lib'))
+    ex.lua_createtable(L, 0, 16) // H: host functions
+    this.registerHost()
+    // stack: 1 = P, 2 = H
+    for (const file of PRELUDE) {
+      let text: string
+      try { text = readFileSync(join(luaDir, file), 'utf8') } catch { continue } // optional parts
+      const src = Buffer.from(text, 'utf8')
+      this.loadChunk(src, `=psd/${file}`)
+      ex.lua_pushvalue(L, 1)
+      ex.lua_pushvalue(L, 2)
+      const st = this.pcall(2, 0)
+      if (st !== 0) throw new LoadError(`psd prelude ${file} failed: ${this.str(-1)}`)
+    }
+    ex.lua_settop(L, 1)
+    ex.lua_getfield(L, 1, this.cstr('run'))
+    ex.lua_rotate(L, 1, 1)
+    // stack: 1 = P.run, 2 = P
+  }
+
+  private loadChunk(src: Uint8Array, chunkname: string): void {
+    const p = this.ex.malloc(Math.max(1, src.length))
+    this.refreshViews()
+    this.u8.set(src, p)
+    const st = this.ex.luaL_loadbufferx(this.L, p, src.length, this.cstr(chunkname), this.cstr('t'))
+    this.ex.free(p)
+    if (st !== 0) {
+      const msg = this.named(this.str(-1) ?? 'cannot load chunk')
+      this.ex.lua_settop(this.L, 2)
+      throw new LoadError(st === LUA_ERRMEM ? `${this.scriptPath}: not enough memory to load the script` : msg,
+        st === LUA_ERRMEM ? 'memory' : 'load')
+    }
+  }
+
+  private loadScript(): void {
+    const ex = this.ex, L = this.L
+    const src = Buffer.from(this.cfg.source, 'utf8')
+    if (src.length >= 4 && src[0] === 0x1b) throw new LoadError(`${this.scriptPath}: binary chunks are not allowed`)
+    this.loadChunk(src, '@' + SCRIPT_TOKEN)
+    this.callProtected(0, 'top level')
+    // bind the entry function
+    ex.lua_getfield(L, 2, this.cstr('bind'))
+    ex.lua_pushstring(L, this.cstr(this.cfg.entry ?? 'on_packet'))
+    ex.lua_pushboolean(L, this.cfg.entry !== undefined && this.cfg.entry !== 'on_packet' ? 1 : 0)
+    ex.lua_pushstring(L, this.cstr(SCRIPT_TOKEN))
+    const st = this.pcall(3, 0)
+    if (st !== 0) { const msg = this.str(-1); ex.lua_settop(L, 2); throw new LoadError(this.named(msg ?? `${this.scriptPath}: no entry function`)) }
+    this.callLifecycle('on_start')
+  }
+
+  /** Calls the function on top of the stack (with nargs above it) under the budgets. */
+  private callProtected(nargs: number, what: string): void {
+    const st = this.pcall(nargs, 0)
+    if (st !== 0) {
+      const kind = this.faultKindOf(st)
+      const msg = this.faultMessage(kind)
+      this.ex.lua_settop(this.L, 2)
+      throw new LoadError(`${msg} (in ${what})`, FAULT_KINDS[kind] ?? 'error')
+    }
+  }
+
+  /** Runs on_start/on_stop if the script defines it; throws LoadError on a fault. */
+  callLifecycle(name: 'on_start' | 'on_stop'): void {
+    const ex = this.ex, L = this.L
+    ex.lua_settop(L, 2)
+    ex.lua_getfield(L, 2, this.cstr('call_global'))
+    ex.lua_pushstring(L, this.cstr(name))
+    this.callProtected(1, name)
+    ex.lua_settop(L, 2)
+  }
+
+  private registerHost(): void {
+    const ex = this.ex
+    const host = this.cfg.host
+    this.hostFunction('done', (L) => this.onDone(L))
+    this.hostFunction('log', (L) => {
+      host.log(ex.lua_tonumberx(L, 1, 0), this.str(2) ?? '', this.named(this.str(3) ?? ''))
+      return 0
+    })
+    this.hostFunction('stat', (L) => {
+      host.stat(ex.lua_tonumberx(L, 1, 0) as 0 | 1, this.str(2) ?? '', ex.lua_tonumberx(L, 3, 0))
+      return 0
+    })
+    this.hostFunction('now', (L) => {
+      ex.lua_pushinteger(L, this.clockNs())
+      return 1
+    })
+    this.hostFunction('mono', (L) => {
+      ex.lua_pushinteger(L, process.hrtime.bigint())
+      return 1
+    })
+    const rnd = new Uint32Array(1)
+    this.hostFunction('random_u32', (L) => {
+      webcrypto.getRandomValues(rnd)
+      ex.lua_pushinteger(L, BigInt(rnd[0]))
+      return 1
+    })
+    this.hostFunction('random_bytes', (L) => {
+      const n = Math.max(0, Math.min(65536, ex.lua_tonumberx(L, 1, 0) | 0))
+      const b = new Uint8Array(n)
+      for (let i = 0; i < n; i += 65536) webcrypto.getRandomValues(b.subarray(i, Math.min(n, i + 65536)))
+      this.pushBytes(b)
+      return 1
+    })
+    this.hostFunction('fixup', (L) => {
+      const b = this.bytesAt(1)
+      fixup(b)
+      this.pushBytes(b)
+      return 1
+    })
+    this.hostFunction('checksum', (L) => {
+      const b = this.bytesAt(1)
+      ex.lua_pushinteger(L, BigInt(checksum16(b, 0, b.length)))
+      return 1
+    })
+    this.hostFunction('ifname', (L) => {
+      const name = host.ifname?.(ex.lua_tonumberx(L, 1, 0))
+      if (name === undefined) ex.lua_pushnil(L)
+      else ex.lua_pushstring(L, this.cstr(name))
+      return 1
+    })
+  }
+
+  /** The offline clock is the current packet's capture timestamp. */
+  private clockNs(): bigint {
+    if (this.cfg.host.clock === 'capture') {
+      const b = this.batchView
+      if (b && this.pos + 28 <= b.byteLength) {
+        return BigInt(b.getUint32(this.pos + 20, true)) * 1_000_000_000n + BigInt(b.getUint32(this.pos + 24, true))
+      }
+      return this.lastClock
+    }
+    const ms = BigInt(Date.now()) * 1_000_000n
+    return ms + process.hrtime.bigint() % 1_000_000n
+  }
+  private lastClock = 0n
+
+  // ---------------------------------------------------------------- budgets
+
+  private arm(): void {
+    this.fault = 0
+    this.memPending = false
+    this.callStart = 0n
+    this.resumeArmed = 0
+    this.left = this.fuel
+    this.armed = Math.min(HOOK_PERIOD, this.left)
+    this.left -= this.armed
+    this.ex.lua_sethook(this.L, this.hookPtr, LUA_MASKCOUNT, this.armed)
+  }
+
+  /** Instructions used by the current call so far. */
+  private fuelUsed(): number {
+    let remaining = 0
+    if (this.hookCountOffset >= 0) {
+      this.refreshViews()
+      remaining = this.dv.getInt32(this.L + this.hookCountOffset, true)
+    }
+    return this.fuel - this.left - remaining
+  }
+
+  private raise(L: number, kind: number): void {
+    this.fault = kind
+    if (!this.faultWhere) this.faultWhere = this.scriptLine(L)
+    this.ex.lua_sethook(L, this.hookPtr, LUA_MASKCOUNT, 1)
+    const ref = kind === F_FUEL ? this.errRefs.fuel : kind === F_TIME ? this.errRefs.time : this.errRefs.memory
+    this.ex.lua_rawgeti(L, LUA_REGISTRYINDEX, BigInt(ref))
+    this.ex.lua_error(L)
+  }
+
+  private onHook = (L: number): void => {
+    if (this.fault) { this.raise(L, this.fault); return }
+    if (this.memPending) {
+      // An allocation failed since the last instruction and Lua's emergency collection did not
+      // rescue it: the memory budget is spent. The script may have caught the error; not this.
+      this.raise(L, F_MEMORY)
+      return
+    }
+    if (this.resumeArmed > 0) {
+      // we were woken early to check memory; go back to the fuel countdown
+      this.armed = this.resumeArmed
+      this.resumeArmed = 0
+      this.ex.lua_sethook(L, this.hookPtr, LUA_MASKCOUNT, this.armed)
+      return
+    }
+    if (this.left <= 0) { this.raise(L, F_FUEL); return }
+    const now = process.hrtime.bigint()
+    if (this.callStart === 0n) this.callStart = now
+    else if (now - this.callStart > this.timeoutNs) { this.raise(L, F_TIME); return }
+    this.armed = Math.min(HOOK_PERIOD, this.left)
+    this.left -= this.armed
+    this.ex.lua_sethook(L, this.hookPtr, LUA_MASKCOUNT, this.armed)
+  }
+  private resumeArmed = 0
+
+  private allocate = (_ud: number, ptr: number, osize: number, nsize: number): number => {
+    const ex = this.ex
+    if (nsize === 0) {
+      if (ptr) { this.memUsed -= osize; ex.free(ptr) }
+      return 0
+    }
+    const old = ptr ? osize : 0
+    const delta = nsize - old
+    const limit = this.inCall ? this.memLimit : this.memLimit + HOST_HEADROOM
+    const retry = this.pendingPtr === ptr && this.pendingSize === nsize
+    if (delta > 0 && this.memUsed + delta > limit) return this.allocFailed(ptr, nsize, retry)
+    const p = ex.realloc(ptr, nsize)
+    if (!p) return this.allocFailed(ptr, nsize, retry)
+    this.memUsed += delta
+    if (retry) { this.pendingPtr = -1; this.pendingSize = -1; this.memPending = false }
+    return p
+  }
+
+  private allocFailed(ptr: number, nsize: number, retry: boolean): number {
+    if (!this.inCall) return 0
+    if (!this.faultWhere) this.faultWhere = this.scriptLine(this.L)
+    if (retry) {
+      this.memPending = true // the emergency collection did not help
+    } else {
+      // Lua will run a full collection and try once more; decide at the next instruction.
+      this.pendingPtr = ptr
+      this.pendingSize = nsize
+      this.memPending = true
+    }
+    if (!this.fault && this.armed !== 1) {
+      this.resumeArmed = this.fuelArmedRemaining()
+      this.armed = 1
+      this.ex.lua_sethook(this.L, this.hookPtr, LUA_MASKCOUNT, 1)
+    }
+    return 0
+  }
+
+  private fuelArmedRemaining(): number {
+    if (this.hookCountOffset < 0) return this.armed
+    this.refreshViews()
+    return Math.max(1, this.dv.getInt32(this.L + this.hookCountOffset, true))
+  }
+
+  /** file:line of the innermost script frame, for fault messages. */
+  private scriptLine(L: number): string {
+    const ex = this.ex, ar = this.debugPtr
+    for (let level = 0; level < 30; level++) {
+      if (!ex.lua_getstack(L, level, ar)) break
+      if (!ex.lua_getinfo(L, this.cstr('Sl'), ar)) continue
+      this.refreshViews()
+      const source = this.dv.getUint32(ar + 16, true)
+      if (this.u8[source] !== 0x40 /* '@' */) continue
+      const line = this.dv.getInt32(ar + 24, true)
+      return `${this.scriptPath}:${line}`
+    }
+    return this.scriptPath
+  }
+
+  private pcall(nargs: number, nres: number): number {
+    this.arm()
+    this.faultWhere = ''
+    this.pendingPtr = -1
+    this.pendingSize = -1
+    this.inCall = true
+    let st: number
+    try {
+      st = this.ex.lua_pcallk(this.L, nargs, nres, 0, 0, 0)
+    } catch (e) {
+      // Only a Lua error is allowed to unwind wasm frames; anything else leaves the state unsound.
+      this.broken = true
+      this.fault = F_CRASH
+      this.faultWhere = (e as Error)?.message ?? String(e)
+      st = -1
+    } finally {
+      this.inCall = false
+      this.ex.lua_sethook(this.L, 0, 0, 0)
+    }
+    if (this.broken && st === 0) st = -1
+    return st
+  }
+
+  private faultKindOf(status: number): number {
+    if (this.fault) return this.fault
+    if (status === LUA_ERRMEM) return F_MEMORY
+    return F_ERROR
+  }
+
+  private faultMessage(kind: number): string {
+    const where = this.faultWhere
+    switch (kind) {
+      case F_FUEL: return `${this.scriptPath}: fuel budget exhausted (${this.fuel} instructions) at ${where}`
+      case F_TIME: return `${this.scriptPath}: time budget exhausted (${Number(this.timeoutNs) / 1e6} ms) at ${where}`
+      case F_MEMORY: return `${this.scriptPath}: memory budget exhausted (${this.memLimit} bytes)${where ? ' at ' + where : ''}`
+      case F_CRASH: return `${this.scriptPath}: VM crashed: ${where}`
+      default: {
+        if (this.broken) return `${this.scriptPath}: VM crashed: ${where}`
+        const t = this.ex.lua_type(this.L, -1)
+        const s = this.str(-1)
+        if (s !== null) return this.named(s)
+        const names = ['nil', 'boolean', 'userdata', 'number', 'string', 'table', 'function', 'userdata', 'thread']
+        return `${this.scriptPath}: error object is a ${names[t] ?? 'non-string'} value${where ? ' at ' + where : ''}`
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- packets
+
+  private onDone(L: number): number {
+    const ex = this.ex, out = this.out!, k = this.k
+    const code = ex.lua_tonumberx(L, 1, 0)
+    out.fuel[k] = this.fuelUsed()
+    if (code < 0) {
+      out.verdict[k] = code
+      out.fault[k] = F_VERDICT
+      out.message[k] = `${this.scriptPath}: ${this.str(4) ?? 'bad verdict'} from ${this.entryName}`
+      out.mark[k] = -1
+      out.data[k] = null
+    } else {
+      out.verdict[k] = code
+      out.fault[k] = 0
+      out.message[k] = null
+      out.mark[k] = ex.lua_type(L, 2) === LUA_TNUMBER ? ex.lua_tonumberx(L, 2, 0) : -1
+      out.data[k] = ex.lua_type(L, 3) === LUA_TSTRING ? this.bytesAt(3) : null
+    }
+    this.k = k + 1
+    this.pos += this.batchView!.getUint32(this.pos, true)
+    // fresh fuel and clock for the next packet
+    this.left = this.fuel
+    this.armed = Math.min(HOOK_PERIOD, this.left)
+    this.left -= this.armed
+    this.callStart = 0n
+    this.resumeArmed = 0
+    ex.lua_sethook(L, this.hookPtr, LUA_MASKCOUNT, this.armed)
+    return 0
+  }
+
+  /**
+   * Runs the script over `count` records of `batch` (src/batch-format.ts). Every packet gets
+   * exactly one entry in `out`: its verdict, or a fault with a message (fault verdicts are the
+   * caller's policy). Returns how many packets faulted.
+   */
+  runBatch(batch: Uint8Array, count: number, out: BatchOutput): number {
+    if (batch.length > this.stagingSize) throw new Error(`batch of ${batch.length} bytes exceeds ${this.stagingSize}`)
+    const ex = this.ex, L = this.L
+    this.refreshViews()
+    this.u8.set(batch, this.staging)
+    this.batch = batch
+    this.batchView = new DataView(batch.buffer, batch.byteOffset, batch.byteLength)
+    this.out = out
+    this.k = 0
+    this.pos = 0
+    let faults = 0
+    // slot 3 = the batch string for the whole batch (restarts after a fault reuse it)
+    ex.lua_settop(L, 2)
+    ex.lua_pushlstring(L, this.staging, batch.length)
+    while (this.k < count) {
+      if (this.broken) { // the rest of the batch cannot run: fault verdicts
+        for (let k = this.k; k < count; k++) this.faultPacket(out, k, F_CRASH, `${this.scriptPath}: VM crashed`)
+        faults += count - this.k
+        this.k = count
+        break
+      }
+      ex.lua_pushvalue(L, 1)
+      ex.lua_pushvalue(L, 3)
+      ex.lua_pushnumber(L, count)
+      ex.lua_pushnumber(L, this.pos + 1)
+      ex.lua_pushnumber(L, this.k + 1)
+      const st = this.pcall(4, 0)
+      if (st === 0) break
+      // packet k faulted: record it, then go on from the next packet
+      const kind = this.faultKindOf(st)
+      this.faultPacket(out, this.k, kind, this.faultMessage(kind))
+      faults++
+      ex.lua_settop(L, 3)
+      this.k++
+      if (this.k < count) this.pos += this.batchView.getUint32(this.pos, true)
+    }
+    ex.lua_settop(L, 2)
+    if (this.cfg.host.clock === 'capture' && count > 0) {
+      const last = this.lastRecordPos(count)
+      this.lastClock = BigInt(this.batchView.getUint32(last + 20, true)) * 1_000_000_000n + BigInt(this.batchView.getUint32(last + 24, true))
+    }
+    this.batch = null
+    this.batchView = null
+    this.out = null
+    return faults
+  }
+
+  private lastRecordPos(count: number): number {
+    let p = 0
+    for (let i = 1; i < count; i++) p += this.batchView!.getUint32(p, true)
+    return p
+  }
+
+  private faultPacket(out: BatchOutput, k: number, kind: number, message: string): void {
+    out.verdict[k] = -1
+    out.fault[k] = kind
+    out.mark[k] = -1
+    out.data[k] = null
+    out.message[k] = message
+    out.fuel[k] = this.fuel
+  }
+
+  close(): void {
+    if (!this.L) return
+    try {
+      if (!this.broken) this.ex.lua_close(this.L)
+    } catch { /* the instance is dropped anyway */ }
+    for (const f of this.funcs) { try { this.m.removeFunction(f) } catch { /* ignore */ } }
+    this.L = 0
+  }
+}

@@ -21,9 +21,10 @@ const LUA_MASKCOUNT = 8
 const LUA_REGISTRYINDEX = -1001000
 const LUA_TNIL = 0, LUA_TBOOLEAN = 1, LUA_TNUMBER = 3, LUA_TSTRING = 4
 const LUA_ERRMEM = 4
-/** The chunk name of the script: Lua cuts long chunk names to 60 bytes, so messages carry this
- *  token and the host puts the path back, exactly as the user gave it. */
+/** Lua cuts chunk names to 60 bytes in messages: a longer script path is loaded under this token
+ *  and the host puts the path back, exactly as the user gave it, in every message it reads. */
 const SCRIPT_TOKEN = '<script>'
+const MAX_CHUNKNAME = 55
 /** Instructions between two looks at the clock while a call runs. */
 const HOOK_PERIOD = 10000
 /** Bytes above the script's cap that only the host's own pushes may use (never the script). */
@@ -118,11 +119,13 @@ export class LuaVM {
   private debugPtr = 0
   private errRefs: Record<string, number> = {}
   readonly scriptPath: string
+  private readonly chunkName: string
   private broken = false
   private get entryName(): string { return this.cfg.entry ?? 'on_packet' }
 
   private constructor(private cfg: VmConfig) {
     this.scriptPath = cfg.scriptPath
+    this.chunkName = Buffer.byteLength(cfg.scriptPath) <= MAX_CHUNKNAME ? cfg.scriptPath : SCRIPT_TOKEN
     this.fuel = cfg.fuel
     this.timeoutNs = BigInt(Math.round(cfg.timeoutMs * 1e6))
     this.memLimit = cfg.memory
@@ -200,7 +203,7 @@ export class LuaVM {
 
   /** Puts the script's path back where Lua wrote the chunk token. */
   private named(s: string): string {
-    return s.includes(SCRIPT_TOKEN) ? s.replaceAll(SCRIPT_TOKEN, this.scriptPath) : s
+    return this.chunkName === SCRIPT_TOKEN && s.includes(SCRIPT_TOKEN) ? s.replaceAll(SCRIPT_TOKEN, this.scriptPath) : s
   }
 
   private bytesAt(idx: number): Uint8Array {
@@ -294,13 +297,13 @@ export class LuaVM {
     const ex = this.ex, L = this.L
     const src = Buffer.from(this.cfg.source, 'utf8')
     if (src.length >= 4 && src[0] === 0x1b) throw new LoadError(`${this.scriptPath}: binary chunks are not allowed`)
-    this.loadChunk(src, '@' + SCRIPT_TOKEN)
+    this.loadChunk(src, '@' + this.chunkName)
     this.callProtected(0, 'top level')
     // bind the entry function
     ex.lua_getfield(L, 2, this.cstr('bind'))
     ex.lua_pushstring(L, this.cstr(this.cfg.entry ?? 'on_packet'))
     ex.lua_pushboolean(L, this.cfg.entry !== undefined && this.cfg.entry !== 'on_packet' ? 1 : 0)
-    ex.lua_pushstring(L, this.cstr(SCRIPT_TOKEN))
+    ex.lua_pushstring(L, this.cstr(this.chunkName))
     const st = this.pcall(3, 0)
     if (st !== 0) { const msg = this.str(-1); ex.lua_settop(L, 2); throw new LoadError(this.named(msg ?? `${this.scriptPath}: no entry function`)) }
     this.callLifecycle('on_start')
@@ -332,7 +335,7 @@ export class LuaVM {
     const host = this.cfg.host
     this.hostFunction('done', (L) => this.onDone(L))
     this.hostFunction('log', (L) => {
-      host.log(ex.lua_tonumberx(L, 1, 0), this.str(2) ?? '', this.named(this.str(3) ?? ''))
+      host.log(ex.lua_tonumberx(L, 1, 0), this.named(this.str(2) ?? ''), this.named(this.str(3) ?? ''))
       return 0
     })
     this.hostFunction('stat', (L) => {
@@ -449,6 +452,7 @@ export class LuaVM {
     this.ex.lua_sethook(L, this.hookPtr, LUA_MASKCOUNT, this.armed)
   }
   private resumeArmed = 0
+  private verdictFaults = 0
 
   private allocate = (_ud: number, ptr: number, osize: number, nsize: number): number => {
     const ex = this.ex
@@ -565,6 +569,7 @@ export class LuaVM {
       out.verdict[k] = code
       out.fault[k] = F_VERDICT
       out.message[k] = `${this.scriptPath}: ${this.str(4) ?? 'bad verdict'} from ${this.entryName}`
+      this.verdictFaults++
       out.mark[k] = -1
       out.data[k] = null
     } else {
@@ -601,6 +606,7 @@ export class LuaVM {
     this.out = out
     this.k = 0
     this.pos = 0
+    this.verdictFaults = 0
     let faults = 0
     // slot 3 = the batch string for the whole batch (restarts after a fault reuse it)
     ex.lua_settop(L, 2)
@@ -635,7 +641,7 @@ export class LuaVM {
     this.batch = null
     this.batchView = null
     this.out = null
-    return faults
+    return faults + this.verdictFaults
   }
 
   private lastRecordPos(count: number): number {

@@ -1,0 +1,142 @@
+// A JS NFQUEUE consumer on the addon, run by the 50.nfqueue tests inside a network namespace
+// (`ip netns exec NS node dist/test/lib/nfq-consumer.js '{"queue":0,...}'`) and by the drain
+// benchmark. It prints JSON lines on stdout: {"event":"ready"} once bound, then {"event":"done",...}
+// or {"event":"error",...}. Always bounded: it stops after `limit` packets, or `timeoutMs`, or
+// `idleMs` without packets once some have arrived.
+import {
+  NfQueue, NfQueueError, NF_ACCEPT, NF_DROP, NF_QUEUE_NR, MARK_UNCHANGED, type NfQueueOptions,
+} from '../../src/live/nfqueue.js'
+import { HDR, OFF } from '../../src/batch-format.js'
+
+interface Config extends NfQueueOptions {
+  /** accept | dropx (drop UDP whose payload starts with 'X') | mark (accept with mark) | edit ('A' -> 'B') | queue (to queue `to`) */
+  mode?: 'accept' | 'dropx' | 'mark' | 'edit' | 'queue'
+  markValue?: number
+  to?: number
+  limit?: number
+  timeoutMs?: number
+  idleMs?: number
+  /** Do not read for this long after binding (let the queue fill). */
+  pauseMs?: number
+  /** Records kept for the report (first n). */
+  keep?: number
+  /** 'reverse': give each received batch its verdicts one call per packet, last packet first. */
+  order?: 'batch' | 'reverse'
+
+}
+
+const cfg: Config = JSON.parse(process.argv[2] ?? '{}')
+const out = (o: object) => process.stdout.write(JSON.stringify(o) + '\n')
+
+let q: NfQueue
+try {
+  q = NfQueue.open(cfg)
+} catch (e) {
+  const err = e as NfQueueError
+  out({ event: 'error', code: err.code, errno: err.errno, message: err.message })
+  process.exit(3)
+}
+
+const limit = cfg.limit ?? 100_000
+const buf = new Uint8Array(new SharedArrayBuffer(Math.max(8 << 20, q.maxRecord * 2)))
+const dv = new DataView(buf.buffer)
+const ids = new Uint32Array(1024)
+const codes = new Uint32Array(1024)
+const marks = new Uint32Array(1024)
+const offsets = new Uint32Array(1024)
+const lengths = new Uint32Array(1024)
+const edit = new Uint8Array(1 << 22)
+const seen: object[] = []
+let packets = 0, accepted = 0, dropped = 0, first = 0, last = 0
+let timer: NodeJS.Timeout | undefined
+
+function udpPayloadStart(pos: number, len: number): number {
+  const d = pos + HDR
+  if (len < 28 || buf[d] >> 4 !== 4 || buf[d + 9] !== 17) return -1
+  const ihl = (buf[d] & 15) * 4
+  return len > ihl + 8 ? ihl + 8 : -1
+}
+
+function drain() {
+  let n
+  while (packets < limit && (n = q.receive(buf, Math.min(64, limit - packets))) > 0) {
+    const now = performance.now()
+    if (!first) first = now
+    last = now
+    let pos = 0, editPos = 0
+    const useEdit = cfg.mode === 'edit'
+    for (let i = 0; i < n; i++) {
+      const len = dv.getUint32(pos + OFF.len, true)
+      ids[i] = dv.getUint32(pos + OFF.id, true)
+      codes[i] = NF_ACCEPT
+      marks[i] = MARK_UNCHANGED
+      lengths[i] = 0
+      if (seen.length < (cfg.keep ?? 5)) {
+        seen.push({
+          id: ids[i], len, origlen: dv.getUint32(pos + OFF.origlen, true), mark: dv.getUint32(pos + OFF.mark, true),
+          sec: dv.getUint32(pos + OFF.sec, true), family: buf[pos + OFF.family], hook: buf[pos + OFF.hook],
+          flags: buf[pos + OFF.flags], queue: dv.getUint32(pos + OFF.queue, true), uid: dv.getUint32(pos + OFF.uid, true),
+          gid: dv.getUint32(pos + OFF.gid, true), indev: dv.getUint32(pos + OFF.indev, true),
+          outdev: dv.getUint32(pos + OFF.outdev, true),
+        })
+      }
+      const p = udpPayloadStart(pos, len)
+      if (cfg.mode === 'dropx' && p >= 0 && buf[pos + HDR + p] === 0x58) codes[i] = NF_DROP
+      else if (cfg.mode === 'mark') marks[i] = (cfg.markValue ?? 0x20) >>> 0
+      else if (cfg.mode === 'queue') codes[i] = NF_QUEUE_NR(cfg.to ?? 1)
+      else if (useEdit && p >= 0 && buf[pos + HDR + p] === 0x41) {
+        // 'A' -> 'B', and UDP checksum 0 (none, valid on IPv4): the IP header is unchanged.
+        edit.set(buf.subarray(pos + HDR, pos + HDR + len), editPos)
+        edit[editPos + p] = 0x42
+        const ihl = p - 8
+        edit[editPos + ihl + 6] = 0
+        edit[editPos + ihl + 7] = 0
+        offsets[i] = editPos
+        lengths[i] = len
+        editPos += len
+      }
+      if (codes[i] === NF_DROP) dropped++
+      else accepted++
+      pos += dv.getUint32(pos + OFF.reclen, true)
+    }
+    packets += n
+    const payload = useEdit ? { data: edit, offsets, lengths } : null
+    if (cfg.order === 'reverse') {
+      for (let i = n - 1; i >= 0; i--) {
+        q.verdicts({ count: 1, ids: ids.subarray(i), codes: codes.subarray(i), marks: marks.subarray(i),
+          payload: payload && { data: edit, offsets: offsets.subarray(i), lengths: lengths.subarray(i) } })
+      }
+    } else {
+      q.verdicts({ count: n, ids, codes, marks, payload })
+    }
+  }
+  if (packets >= limit) finish()
+  else armIdle()
+}
+
+function armIdle() {
+  if (!first || !cfg.idleMs) return
+  if (timer) clearTimeout(timer)
+  timer = setTimeout(finish, cfg.idleMs)
+}
+
+let finished = false
+function finish() {
+  if (finished) return
+  finished = true
+  q.onReadable(null)
+  // A last look for stragglers after a stop, then report.
+  const stats = q.stats()
+  const kernel = q.kernelCounters()
+  q.close({ settle: NF_ACCEPT })
+  out({
+    event: 'done', packets, accepted, dropped, seconds: (last - first) / 1000,
+    pps: last > first ? Math.round(packets / ((last - first) / 1000)) : 0, stats, kernel, seen,
+  })
+  process.exit(0)
+}
+
+process.on('SIGTERM', finish)
+setTimeout(finish, cfg.timeoutMs ?? 10_000).unref()
+out({ event: 'ready', portid: q.portid, maxRecord: q.maxRecord })
+setTimeout(() => q.onReadable(drain), cfg.pauseMs ?? 0)

@@ -1,14 +1,17 @@
 // The pcap/pcapng reader: link types, byte orders, timestamp resolutions, trimming, errors.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { writeFileSync } from 'node:fs'
+import { writeFileSync, readFileSync, readdirSync } from 'node:fs'
+import { join } from 'node:path'
 import { openCapture, CaptureError, MAX_CAPLEN } from '../src/pcap/reader.js'
 import {
   ipv4, ipv6, tcp, udp, icmpEcho, icmp6Echo, ethernet, sll, sll2, loopback, arpFrame, concat,
   pcapBytes, pcapHeader, pcapRecord, pcapngBytes, pcapngSHB, pcapngIDB, pcapngPacket, tsUnits,
   mixedPackets, makeMixedCapture, LINK, type Rec, type NgInterface, type NgPacket,
 } from './lib/packets.js'
-import { tempDir, readAll, hasTshark, tsharkFields } from './lib/pcaptools.js'
+import { tempDir, readAll, hasTshark, tsharkFields, tshark } from './lib/pcaptools.js'
+import { writeFixtures, sampleRecords } from './fixtures/make.js'
+import { verify } from '../src/packet/checksum.js'
 
 const tmp = tempDir('psd-40-')
 let fileNo = 0
@@ -445,6 +448,60 @@ test('big-endian pcapng errors report the right offset too', () => {
   const good = pcapngPacket({ data: P[0] }, ifc, false)
   const bad = pcapngPacket({ data: P[1] }, ifc, false)
   expectError(file(concat(head, good, good, bad.subarray(0, 30)), 'pcapng'), 2, head.length + 2 * good.length, /file ends inside a block/)
+})
+
+// ---- the committed fixtures ----
+
+const FIX = 'test/fixtures' // tests run from the repository root
+
+test('committed fixtures are exactly what test/fixtures/make.ts writes', () => {
+  const out = tmp.path('fixtures')
+  writeFixtures(out)
+  for (const f of readdirSync(out)) {
+    const want = readFileSync(join(out, f))
+    let have: Buffer
+    try { have = readFileSync(join(FIX, f)) } catch { assert.unreachable(`${FIX}/${f} is missing: run node dist/test/fixtures/make.js`); return }
+    assert.ok(want.equals(have), `${FIX}/${f} is stale: run node dist/test/fixtures/make.js and commit`)
+  }
+})
+
+test('sample.pcap and sample.pcapng hold the same IP packets and timestamps', () => {
+  const want = sampleRecords()
+  const a = readAll(join(FIX, 'sample.pcap')), b = readAll(join(FIX, 'sample.pcapng'))
+  assert.is(a.error, null); assert.is(b.error, null)
+  assert.is(a.records.length, want.length)
+  assert.is(b.records.length, want.length)
+  for (let i = 0; i < want.length; i++) {
+    const x = a.records[i], y = b.records[i], w = want[i]
+    assert.equal([x.n, x.sec, x.nsec, x.family, x.origlen], [y.n, y.sec, y.nsec, y.family, y.origlen], `record ${i + 1}`)
+    assert.equal([x.sec, x.nsec], [w.sec, w.nsec])
+    if (w.ip === null) { assert.is(x.data, null); assert.is(y.data, null); continue }
+    eq(x.data, w.ip, `record ${i + 1}`)
+    eq(y.data, w.ip, `record ${i + 1}`)
+    assert.ok(verify(x.data!).ok, `record ${i + 1} checksums`)
+  }
+  assert.equal(new Set(b.records.map((r) => r.linktype)), new Set([1, 276, 101]))
+})
+
+test('truncated.pcap and corrupt.pcap fail at the documented offset after 50 records', () => {
+  const readme = readFileSync(join(FIX, 'README.md'), 'utf8')
+  const offs = [...readme.matchAll(/byte offset\s+\*\*(\d+)\*\*/g)].map((m) => Number(m[1]))
+  assert.is(offs.length, 2)
+  expectError(join(FIX, 'truncated.pcap'), 50, offs[0], /file ends inside a record/)
+  expectError(join(FIX, 'corrupt.pcap'), 50, offs[1], /captured length 300000/)
+})
+
+test('tshark reads the fixtures without errors or bad checksums', () => {
+  if (!hasTshark()) { console.log('  (tshark not found: skipped)'); return }
+  for (const f of ['sample.pcap', 'sample.pcapng']) {
+    const path = join(FIX, f)
+    const expert = tshark(['-r', path, '-o', 'ip.check_checksum:TRUE', '-o', 'tcp.check_checksum:TRUE', '-o', 'udp.check_checksum:TRUE', '-q', '-z', 'expert,warn'])
+    assert.not.match(expert, /Malformed|Bad checksum|Checksum/i, `${f}: ${expert}`)
+    const rows = tsharkFields(path, ['tls.handshake.extensions_server_name', 'http.host', 'dns.qry.name'])
+    const flat = rows.flat().filter((x) => x)
+    for (const name of ['www.example.com', 'blocked.example', 'ads.example.net', 'tracker.example']) assert.ok(flat.includes(name), `${f}: ${name}`)
+    assert.is(rows.length, sampleRecords().length)
+  }
 })
 
 test.after(() => tmp.cleanup())

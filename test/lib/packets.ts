@@ -258,6 +258,8 @@ export type Ext6 =
 export interface IPv6Options {
   src?: string; dst?: string
   tclass?: number; flow?: number; hopLimit?: number
+  /** Same as hopLimit (the name psd's scripts use for both families). */
+  ttl?: number
   /** Extension headers in order, between the fixed header and the transport. */
   ext?: Ext6[]
   /** Overrides the next-header value of the last header. */
@@ -313,7 +315,7 @@ export function ipv6(o: IPv6Options, l4: L4 | Bytes = new Uint8Array(0)): Uint8A
   b[2] = (fl >> 8) & 0xff
   b[3] = fl & 0xff
   b[6] = ext.length ? ext[0].type : (o.proto ?? t.proto)
-  b[7] = o.hopLimit ?? 64
+  b[7] = o.hopLimit ?? o.ttl ?? 64
   b.set(ip6addr(o.src ?? '2001:db8::1'), 8)
   b.set(ip6addr(o.dst ?? '2001:db8::2'), 24)
   b.set(eh, 40)

@@ -37,7 +37,7 @@ export type FaultKind = 'fuel' | 'memory' | 'time' | 'error' | 'crash' | 'verdic
 export const FAULT_KINDS: (FaultKind | null)[] = [null, 'fuel', 'memory', 'time', 'error', 'crash', 'verdict']
 const F_FUEL = 1, F_MEMORY = 2, F_TIME = 3, F_ERROR = 4, F_CRASH = 5, F_VERDICT = 6
 
-const PRELUDE = ['packet.lua', 'lib.lua', 'proto.lua', 'services.lua', 'sandbox.lua']
+const PRELUDE = ['packet.lua', 'lib.lua', 'proto-ip.lua', 'proto-app.lua', 'proto-define.lua', 'services.lua', 'sandbox.lua']
 const luaDir = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'wasm', 'lua')
 
 export interface HostServices {
@@ -334,6 +334,8 @@ export class LuaVM {
     const ex = this.ex
     const host = this.cfg.host
     this.hostFunction('done', (L) => this.onDone(L))
+    this.hostFunction('accept', this.onAccept)
+    this.hostFunction('drop', this.onDrop)
     this.hostFunction('log', (L) => {
       host.log(ex.lua_tonumberx(L, 1, 0), this.named(this.str(2) ?? ''), this.named(this.str(3) ?? ''))
       return 0
@@ -561,35 +563,43 @@ export class LuaVM {
 
   // ---------------------------------------------------------------- packets
 
+  /** The general report of a packet's result: any verdict code, a mark, edited bytes. */
   private onDone(L: number): number {
     const ex = this.ex, out = this.out!, k = this.k
     const code = ex.lua_tonumberx(L, 1, 0)
-    out.fuel[k] = this.fuelUsed()
     if (code < 0) {
       out.verdict[k] = code
       out.fault[k] = F_VERDICT
       out.message[k] = `${this.scriptPath}: ${this.str(4) ?? 'bad verdict'} from ${this.entryName}`
       this.verdictFaults++
-      out.mark[k] = -1
-      out.data[k] = null
     } else {
       out.verdict[k] = code
-      out.fault[k] = 0
-      out.message[k] = null
-      out.mark[k] = ex.lua_type(L, 2) === LUA_TNUMBER ? ex.lua_tonumberx(L, 2, 0) : -1
-      out.data[k] = ex.lua_type(L, 3) === LUA_TSTRING ? this.bytesAt(3) : null
+      if (ex.lua_type(L, 2) === LUA_TNUMBER) out.mark[k] = ex.lua_tonumberx(L, 2, 0)
+      if (ex.lua_type(L, 3) === LUA_TSTRING) out.data[k] = this.bytesAt(3)
     }
-    this.k = k + 1
+    this.nextPacket(L)
+    return 0
+  }
+
+  /** The fast reports: a plain ACCEPT or DROP, no mark, no edit (the common case). */
+  private onAccept = (L: number): number => { this.out!.verdict[this.k] = 1; this.nextPacket(L); return 0 }
+  private onDrop = (L: number): number => { this.out!.verdict[this.k] = 0; this.nextPacket(L); return 0 }
+
+  /** Moves to the next packet of the batch with fresh fuel and clock. */
+  private nextPacket(L: number): void {
+    if (this.measureFuel) this.out!.fuel[this.k] = this.fuelUsed()
+    this.k++
     this.pos += this.batchView!.getUint32(this.pos, true)
-    // fresh fuel and clock for the next packet
     this.left = this.fuel
     this.armed = Math.min(HOOK_PERIOD, this.left)
     this.left -= this.armed
     this.callStart = 0n
     this.resumeArmed = 0
-    ex.lua_sethook(L, this.hookPtr, LUA_MASKCOUNT, this.armed)
-    return 0
+    this.ex.lua_sethook(L, this.hookPtr, LUA_MASKCOUNT, this.armed)
   }
+
+  /** Record the instructions each packet used in BatchOutput.fuel (benchmarks, metrics). */
+  measureFuel = false
 
   /**
    * Runs the script over `count` records of `batch` (src/batch-format.ts). Every packet gets
@@ -607,6 +617,10 @@ export class LuaVM {
     this.k = 0
     this.pos = 0
     this.verdictFaults = 0
+    out.mark.fill(-1, 0, count)
+    out.fault.fill(0, 0, count)
+    out.data.fill(null, 0, count)
+    out.message.fill(null, 0, count)
     let faults = 0
     // slot 3 = the batch string for the whole batch (restarts after a fault reuse it)
     ex.lua_settop(L, 2)

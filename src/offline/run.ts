@@ -78,9 +78,24 @@ export async function runOffline(opts: OfflineOptions): Promise<number> {
   return status
 }
 
+/** What the offline loop needs of a tenant: run a batch, stop, and the script's stats. */
+export interface BatchRunner {
+  run(batch: Uint8Array, count: number, out: BatchOutput, ns: ArrayLike<number>): Promise<void>
+  stop(): void
+  readonly stats: Map<string, number>
+}
+
 async function runTenant(cfg: TenantConfig, opts: OfflineOptions, outs: { accepted?: string; dropped?: string; verdicts?: string }, log: Logger): Promise<number> {
   const tenant = await Tenant.start(cfg, opts.log, 'capture')
   log.info('script loaded', { script: cfg.script, pcap: opts.pcap })
+  return runCapture(tenant, opts, outs, log)
+}
+
+/**
+ * The offline loop over one capture for one runner. Exported so benchmarks can time the very
+ * same loop with a runner that has no VM as their baseline.
+ */
+export async function runCapture(tenant: BatchRunner, opts: OfflineOptions, outs: { accepted?: string; dropped?: string; verdicts?: string }, log: Logger): Promise<number> {
   const capture = openCapture(opts.pcap)
   const acceptedW = outs.accepted ? new PcapWriter(outs.accepted) : null
   const droppedW = outs.dropped ? new PcapWriter(outs.dropped) : null

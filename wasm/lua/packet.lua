@@ -322,13 +322,31 @@ P.verdict_code = verdict_code
 
 local entry                 -- the script's entry function
 local live                  -- the packet of the call in progress, killed if the call faulted
-local done = H.done
+local done, accept, drop = H.done, H.accept, H.drop
 
 function P.set_entry(fn) entry = fn end
 
+-- The general case: any verdict value, a mark, edits.
+local function finish(pkt, v, m)
+  local code = verdict_code(v)
+  local mark = pkt[8] or nil
+  local why
+  if code < 0 then
+    why = format('bad verdict %s (%s)', tostring(v), type(v))
+  elseif m ~= nil then
+    if mtype(m) == 'integer' and m >= 0 and m <= 0xffffffff then mark = m
+    else code = -1; why = format('bad mark %s returned with the verdict', tostring(m)) end
+  end
+  local out = pkt[4] and pkt[1] or nil
+  pkt[1] = nil
+  live = nil
+  done(code, mark, out, why)
+end
+
 -- Runs packets i..n of a batch string whose record i starts at pos. The host calls it again
 -- from the packet after a fault (a fault unwinds this loop; the host knows where it stopped
--- because every finished packet reported through done()).
+-- because every finished packet reported through accept/drop/done, which also re-arm the fuel
+-- for the next packet).
 function P.run(batch, n, pos, i)
   if live ~= nil then live[1] = nil; live = nil end
   while i <= n do
@@ -336,19 +354,13 @@ function P.run(batch, n, pos, i)
     local pkt = setmetatable({ batch, pos + HDR - 1, len, false, false, pos, batch, false }, PKT)
     live = pkt
     local v, m = entry(pkt)
-    local code = verdict_code(v)
-    local mark = pkt[8] or nil
-    local why
-    if code < 0 then
-      why = format('bad verdict %s (%s)', tostring(v), type(v))
-    elseif m ~= nil then
-      if mtype(m) == 'integer' and m >= 0 and m <= 0xffffffff then mark = m
-      else code = -1; why = format('bad mark %s returned with the verdict', tostring(m)) end
+    if m == nil and not pkt[4] and not pkt[8] and (v == nil or v == 1 or v == 0) then
+      pkt[1] = nil
+      live = nil
+      if v == 0 then drop() else accept() end
+    else
+      finish(pkt, v, m)
     end
-    local out = pkt[4] and pkt[1] or nil
-    pkt[1] = nil
-    live = nil
-    done(code, mark, out, why)
     pos = pos + reclen
     i = i + 1
   end

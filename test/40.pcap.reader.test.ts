@@ -7,7 +7,7 @@ import { openCapture, CaptureError, MAX_CAPLEN } from '../src/pcap/reader.js'
 import {
   ipv4, ipv6, tcp, udp, icmpEcho, icmp6Echo, ethernet, sll, sll2, loopback, arpFrame, concat,
   pcapBytes, pcapHeader, pcapRecord, pcapngBytes, pcapngSHB, pcapngIDB, pcapngPacket, tsUnits,
-  mixedPackets, makeMixedCapture, LINK, type Rec, type NgInterface, type NgPacket,
+  mixedPackets, makeMixedCapture, CaptureWriter, LINK, type Rec, type NgInterface, type NgPacket,
 } from './lib/packets.js'
 import { tempDir, readAll, hasTshark, tsharkFields, tshark } from './lib/pcaptools.js'
 import { writeFixtures, sampleRecords } from './fixtures/make.js'
@@ -448,6 +448,29 @@ test('big-endian pcapng errors report the right offset too', () => {
   const good = pcapngPacket({ data: P[0] }, ifc, false)
   const bad = pcapngPacket({ data: P[1] }, ifc, false)
   expectError(file(concat(head, good, good, bad.subarray(0, 30)), 'pcapng'), 2, head.length + 2 * good.length, /file ends inside a block/)
+})
+
+test('throughput (printed; the assertion only catches a gross slowdown)', () => {
+  for (const format of ['pcap', 'pcapng'] as const) {
+    const path = tmp.path(`speed.${format}`)
+    const one = ipv4({}, tcp({ payload: 'x'.repeat(20) }))
+    const recsN = 300000
+    const w = new CaptureWriter(path, { format, linktype: LINK.RAW, nano: true, tsresol: 9 })
+    for (let i = 0; i < recsN; i++) w.write(1700000000 + (i >> 10), i, one)
+    w.close()
+    let best = 0
+    for (let k = 0; k < 3; k++) {
+      const cap = openCapture(path)
+      const t0 = process.cpuUsage().user
+      let n = 0
+      for (let r = cap.next(); r !== null; r = cap.next()) n += r.data!.length > 0 ? 1 : 0
+      const us = process.cpuUsage().user - t0
+      assert.is(n, recsN)
+      best = Math.max(best, n / Math.max(us, 1))
+    }
+    console.log(`  ${format}: ${best.toFixed(2)} M records/s (60-byte packets, CPU time)`)
+    assert.ok(best > 0.3, `${format} reader far too slow: ${best.toFixed(2)} M/s`)
+  }
 })
 
 // ---- the committed fixtures ----

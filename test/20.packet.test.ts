@@ -11,7 +11,7 @@ import { ipv4, ipv6, udp, tcp, icmpEcho, icmp6Echo } from './lib/packets.js'
 const dir = tempDir()
 const v4udp = ipv4({ src: '192.0.2.1', dst: '192.0.2.2', ttl: 64, id: 0x1234 }, udp({ sport: 5353, dport: 9999, payload: 'hello world' }))
 const v4tcp = ipv4({ src: '198.51.100.7', dst: '203.0.113.9', ttl: 63 }, tcp({ sport: 40000, dport: 80, flags: 'PA', payload: 'GET / HTTP/1.1\r\nHost: a\r\n\r\n' }))
-const v6udp = ipv6({ src: '2001:db8::1', dst: '2001:db8::2', hlim: 55 } as any, udp({ sport: 1, dport: 2, payload: 'v6 data' }))
+const v6udp = ipv6({ src: '2001:db8::1', dst: '2001:db8::2', hopLimit: 55 }, udp({ sport: 1, dport: 2, payload: 'v6 data' }))
 const v4icmp = ipv4({ src: '10.1.1.1', dst: '10.1.1.2' }, icmpEcho({ id: 3, seq: 4, payload: 'ping!' }))
 const v6icmp = ipv6({ src: 'fe80::1', dst: 'fe80::2' }, icmp6Echo({ id: 5, seq: 6, payload: 'ping6' }))
 const all = [v4udp, v4tcp, v6udp, v4icmp, v6icmp]

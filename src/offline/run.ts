@@ -142,7 +142,7 @@ export async function runCapture(tenant: BatchRunner, opts: OfflineOptions, outs
         if (out.mark[k] >= 0) mark = out.mark[k]
         const d = out.data[k]
         if (d) {
-          fixup(d)
+          fixup(d, entOrig[e] - len + d.length) // a truncated record keeps its wire length
           if (!sameBytes(d, original)) { bytes = d; modified = true }
         }
       } else {

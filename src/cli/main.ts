@@ -7,6 +7,7 @@ import { LoadError } from '../engine/tenant.js'
 import { CaptureError } from '../pcap/reader.js'
 import { runOffline } from '../offline/run.js'
 import { runCheck } from './check.js'
+import { runBench } from './bench.js'
 
 export async function main(argv: string[]): Promise<number> {
   let values: RunValues, positionals: string[]
@@ -24,6 +25,10 @@ export async function main(argv: string[]): Promise<number> {
   const command = positionals[0]
   try {
     if (command === 'check') return runCheck(positionals.slice(1), values)
+    if (command === 'bench') {
+      if (positionals.length > 1) return usage(`bench: unexpected argument "${positionals[1]}"`)
+      return await runBench(values)
+    }
     if (command !== undefined) return usage(`unknown command "${command}"`)
     return await run(values, log)
   } catch (e) {

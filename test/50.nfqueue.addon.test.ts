@@ -93,6 +93,26 @@ live('ping through a JS accept-all loop on the addon', () => withPair('ping', as
   }
 }))
 
+live('IPv6: ping6 through the JS loop gives family 6 records', () => withPair('ping6', async (p) => {
+  run('ip', ['-n', p.a, 'addr', 'add', 'fd00:200::1/64', 'dev', p.devA, 'nodad'])
+  run('ip', ['-n', p.b, 'addr', 'add', 'fd00:200::2/64', 'dev', p.devB, 'nodad'])
+  nsRun(p.b, 'ip6tables', ['-A', 'INPUT', '-p', 'ipv6-icmp', '--icmpv6-type', 'echo-request', '-j', 'NFQUEUE', '--queue-num', '0'])
+  const c = consumer(p.b, { queue: 0, mode: 'accept', limit: 100, idleMs: 1500, timeoutMs: 15_000 })
+  try {
+    await c.waitFor((o) => o.event === 'ready')
+    const out = run('ip', ['netns', 'exec', p.a, 'ping', '-6', '-c', '3', '-i', '0.2', '-W', '2', 'fd00:200::2'], 20_000)
+    assert.match(out, /3 packets transmitted, 3 received/)
+    const done = await c.waitFor((o) => o.event === 'done', 10_000)
+    assert.is(done.packets, 3)
+    assert.is(done.seen[0].family, 6)
+    assert.is(done.seen[0].len, 104)
+    assert.is(done.seen[0].hook, 2)
+  } finally {
+    c.kill()
+    await c.exited
+  }
+}))
+
 live('without a consumer, queued pings are dropped, unless the rule has --queue-bypass', () => withPair('nocons', async (p) => {
   nsRun(p.b, 'iptables', ['-A', 'INPUT', '-p', 'icmp', '-j', 'NFQUEUE', '--queue-num', '0'])
   const r = run('sh', ['-c', `ip netns exec ${p.a} ping -c 2 -i 0.2 -W 1 ${p.addrB}; true`], 10_000)
@@ -183,6 +203,81 @@ live('NF_QUEUE_NR hands packets on to a second queue', () => withPair('requeue',
     second.kill()
     await second.exited
   }
+}))
+
+async function tcpTransfer(p: Pair, cfg: object, bytes: number, asUser?: number) {
+  // Queue the sender's own TCP segments at OUTPUT in namespace a (locally made: TSO/GSO-sized).
+  const server = new Proc('ip', ['netns', 'exec', p.b, process.execPath, '-e', `
+    let n = 0; const s = require('node:net').createServer((c) => { c.on('data', (d) => { n += d.length });
+      c.on('end', () => { console.log(JSON.stringify({ event: 'done', bytes: n })); process.exit(0) }) });
+    s.listen(9998, '${p.addrB}', () => console.log(JSON.stringify({ event: 'ready' })));
+    setTimeout(() => process.exit(2), 20000)`], 25_000)
+  const c = consumer(p.a, { queue: 0, mode: 'accept', limit: 1_000_000, idleMs: 800, timeoutMs: 20_000, ...cfg })
+  try {
+    await server.waitFor((o) => o.event === 'ready')
+    await c.waitFor((o) => o.event === 'ready')
+    const client = `const k = require('node:net').connect(9998, '${p.addrB}', () => { k.end(Buffer.alloc(${bytes}, 97)) });
+      k.on('close', () => process.exit(0)); setTimeout(() => process.exit(2), 15000)`
+    const pre = asUser === undefined ? [] : ['setpriv', `--reuid=${asUser}`, `--regid=${asUser}`, '--clear-groups']
+    run('ip', ['netns', 'exec', p.a, ...pre, process.execPath, '-e', client], 20_000)
+    const got = await server.waitFor((o) => o.event === 'done', 15_000)
+    const done = await c.waitFor((o) => o.event === 'done', 15_000)
+    return { got, done }
+  } finally {
+    c.kill()
+    server.kill()
+    await Promise.all([c.exited, server.exited])
+  }
+}
+
+live('TCP with GSO: whole super-packets, checksum-not-ready flag, socket uid/gid', () => withPair('gso', async (p) => {
+  nsRun(p.a, 'iptables', ['-A', 'OUTPUT', '-p', 'tcp', '--dport', '9998', '-j', 'NFQUEUE', '--queue-num', '0'])
+  const bytes = 4 << 20
+  const g = await tcpTransfer(p, { gso: true, uidGid: true }, bytes, 65534)
+  if (process.env.PSD_TEST_VERBOSE) console.log(JSON.stringify(g.done.agg), JSON.stringify(g.done.stats))
+  assert.is(g.got.bytes, bytes)
+  assert.ok(g.done.agg.gso > 0, 'some records carry the GSO flag')
+  assert.ok(g.done.agg.csumNotReady > 0, 'some records carry the checksum-not-ready flag')
+  assert.ok(g.done.agg.maxLen > 1500, `records larger than the MTU (max ${g.done.agg.maxLen})`)
+  assert.ok(g.done.agg.uids.includes(65534), `socket owner uid reported (${g.done.agg.uids})`)
+  assert.ok(g.done.agg.gids.includes(65534), `socket owner gid reported (${g.done.agg.gids})`)
+  assert.is(g.done.stats.truncated, 0)
+  assert.is(g.done.stats.nlErrors, 0)
+  // Without GSO the kernel segments before queueing: MTU-sized packets, no uid unless asked.
+  const s = await tcpTransfer(p, { gso: false }, bytes)
+  assert.is(s.got.bytes, bytes)
+  assert.is(s.done.agg.gso, 0)
+  assert.is(s.done.agg.overMtu, 0)
+  assert.equal(s.done.agg.uids, [0xffffffff])
+}))
+
+live('API misuse gives clear errors', () => withPair('api', async (p) => {
+  const js = `
+    import { NfQueue, NF_ACCEPT } from ${JSON.stringify(join(root, 'dist', 'src', 'live', 'nfqueue.js'))}
+    const q = NfQueue.open({ queue: 9 })
+    const r = {}
+    const t = (k, f) => { try { f(); r[k] = 'no error' } catch (e) { r[k] = e.name + ': ' + e.message + (e.code ? ' [' + e.code + ']' : '') } }
+    t('badBuf', () => q.receive(new Uint16Array(4)))
+    t('badCode', () => q.verdicts({ count: 1, ids: new Uint32Array([1]), codes: new Uint32Array([7]) }))
+    t('short', () => q.verdicts({ count: 2, ids: new Uint32Array([1]), codes: new Uint32Array([1]) }))
+    t('payloadOut', () => q.verdicts({ count: 1, ids: new Uint32Array([1]), codes: new Uint32Array([1]),
+      payload: { data: new Uint8Array(10), offsets: new Uint32Array([8]), lengths: new Uint32Array([4]) } }))
+    t('marks', () => q.verdicts({ count: 1, ids: new Uint32Array([1]), codes: new Uint32Array([1]), marks: new Int32Array(1) }))
+    r.empty = q.receive(new Uint8Array(1 << 20))
+    r.kernel = q.kernelCounters()
+    q.close()
+    t('closed', () => q.receive(new Uint8Array(100)))
+    console.log(JSON.stringify(r))`
+  const out = JSON.parse(nsRun(p.b, process.execPath, ['--input-type=module', '-e', js]))
+  assert.match(out.badBuf, /^TypeError: receive\(buf: Uint8Array/)
+  assert.match(out.badCode, /^RangeError: verdicts: code 7/)
+  assert.match(out.short, /^RangeError: verdicts: ids and codes must hold count entries/)
+  assert.match(out.payloadOut, /^RangeError: verdicts: payload 0 lies outside data/)
+  assert.match(out.marks, /^TypeError: verdicts: marks must be a Uint32Array or a Float64Array/)
+  assert.is(out.empty, 0)
+  assert.is(out.kernel.queue, 9)
+  assert.is(out.kernel.copyRange, 65531)
+  assert.match(out.closed, /queue 9 is closed \[EBADF\]/)
 }))
 
 live('a queue held by another socket gives a clear EPERM error', () => withPair('held', async (p) => {

@@ -48,7 +48,11 @@ const lengths = new Uint32Array(1024)
 const edit = new Uint8Array(1 << 22)
 const seen: object[] = []
 let packets = 0, accepted = 0, dropped = 0, first = 0, last = 0
+// what the records said, in aggregate
+const agg = { gso: 0, csumNotReady: 0, maxLen: 0, overMtu: 0, families: {} as Record<number, number>,
+  uids: [] as number[], gids: [] as number[] }
 let timer: NodeJS.Timeout | undefined
+let cpuFirst: NodeJS.CpuUsage | undefined, cpuLast: NodeJS.CpuUsage | undefined
 
 function udpPayloadStart(pos: number, len: number): number {
   const d = pos + HDR
@@ -59,10 +63,11 @@ function udpPayloadStart(pos: number, len: number): number {
 
 function drain() {
   let n
-  while (packets < limit && (n = q.receive(buf, Math.min(64, limit - packets))) > 0) {
-    const now = performance.now()
-    if (!first) first = now
-    last = now
+  while (packets < limit && (n = q.receive(buf, Math.min(cfg.batch ?? 64, limit - packets))) > 0) {
+    if (!first) {
+      first = performance.now()
+      cpuFirst = process.cpuUsage()
+    }
     let pos = 0, editPos = 0
     const useEdit = cfg.mode === 'edit'
     for (let i = 0; i < n; i++) {
@@ -80,6 +85,15 @@ function drain() {
           outdev: dv.getUint32(pos + OFF.outdev, true),
         })
       }
+      const flags = buf[pos + OFF.flags], fam = buf[pos + OFF.family]
+      if (flags & 1) agg.gso++
+      if (flags & 2) agg.csumNotReady++
+      if (len > agg.maxLen) agg.maxLen = len
+      if (len > 1500) agg.overMtu++
+      agg.families[fam] = (agg.families[fam] ?? 0) + 1
+      const uid = dv.getUint32(pos + OFF.uid, true), gid = dv.getUint32(pos + OFF.gid, true)
+      if (!agg.uids.includes(uid) && agg.uids.length < 8) agg.uids.push(uid)
+      if (!agg.gids.includes(gid) && agg.gids.length < 8) agg.gids.push(gid)
       const p = udpPayloadStart(pos, len)
       if (cfg.mode === 'dropx' && p >= 0 && buf[pos + HDR + p] === 0x58) codes[i] = NF_DROP
       else if (cfg.mode === 'mark') marks[i] = (cfg.markValue ?? 0x20) >>> 0
@@ -109,6 +123,8 @@ function drain() {
     } else {
       q.verdicts({ count: n, ids, codes, marks, payload })
     }
+    last = performance.now()
+    cpuLast = process.cpuUsage(cpuFirst)
   }
   if (packets >= limit) finish()
   else armIdle()
@@ -131,7 +147,9 @@ function finish() {
   q.close({ settle: NF_ACCEPT })
   out({
     event: 'done', packets, accepted, dropped, seconds: (last - first) / 1000,
-    pps: last > first ? Math.round(packets / ((last - first) / 1000)) : 0, stats, kernel, seen,
+    pps: last > first ? Math.round(packets / ((last - first) / 1000)) : 0,
+    cpu_us_per_packet: cpuLast && packets ? +((cpuLast.user + cpuLast.system) / packets).toFixed(3) : 0,
+    stats, kernel, seen, agg,
   })
   process.exit(0)
 }

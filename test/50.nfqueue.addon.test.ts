@@ -5,6 +5,8 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { dirname, join } from 'node:path'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import {
   NfQueue, NfQueueError, NF_QUEUE_NR, NF_QUEUE, parseKernelCounters, addonAvailable, loadAddon,
@@ -278,6 +280,49 @@ live('API misuse gives clear errors', () => withPair('api', async (p) => {
   assert.is(out.kernel.queue, 9)
   assert.is(out.kernel.copyRange, 65531)
   assert.match(out.closed, /queue 9 is closed \[EBADF\]/)
+}))
+
+live('the addon works in a worker thread, which can be terminated while polling', () => withPair('worker', async (p) => {
+  nsRun(p.b, 'iptables', ['-A', 'INPUT', '-p', 'icmp', '-j', 'NFQUEUE', '--queue-num', '0'])
+  const dir = mkdtempSync(join(tmpdir(), 'psd-worker-'))
+  const file = join(dir, 'worker.mjs')
+  writeFileSync(file, `
+    import { Worker, isMainThread, parentPort } from 'node:worker_threads'
+    if (isMainThread) {
+      const w = new Worker(new URL(import.meta.url))
+      w.on('message', (m) => { console.log(JSON.stringify(m)); if (m.total === 3) w.terminate() })
+      w.on('error', (e) => console.log(JSON.stringify({ event: 'error', message: e.message })))
+      w.on('exit', (c) => console.log(JSON.stringify({ event: 'exit', code: c })))
+      setTimeout(() => w.terminate(), 10000).unref()
+    } else {
+      const { NfQueue, NF_ACCEPT } = await import(${JSON.stringify(join(root, 'dist', 'src', 'live', 'nfqueue.js'))})
+      const q = NfQueue.open({ queue: 0 })
+      const buf = new Uint8Array(new SharedArrayBuffer(1 << 21)), dv = new DataView(buf.buffer)
+      const ids = new Uint32Array(64), codes = new Uint32Array(64).fill(NF_ACCEPT)
+      let total = 0
+      q.onReadable(() => {
+        let n
+        while ((n = q.receive(buf)) > 0) {
+          for (let i = 0, pos = 0; i < n; i++) { ids[i] = dv.getUint32(pos + 12, true); pos += dv.getUint32(pos, true) }
+          total += n
+          q.verdicts({ count: n, ids, codes })
+          parentPort.postMessage({ event: 'packets', total })
+        }
+      })
+      parentPort.postMessage({ event: 'ready' })
+    }`)
+  const c = new Proc('ip', ['netns', 'exec', p.b, process.execPath, file], 20_000)
+  try {
+    await c.waitFor((o) => o.event === 'ready')
+    const out = run('ip', ['netns', 'exec', p.a, 'ping', '-c', '3', '-i', '0.2', '-W', '2', p.addrB], 20_000)
+    assert.match(out, /3 packets transmitted, 3 received/)
+    await c.waitFor((o) => o.event === 'exit', 10_000)
+    assert.is(await c.exited, 0, 'the process ends cleanly once the polling worker is gone')
+    assert.ok(!c.lines.some((o) => o.event === 'error'), c.stderr)
+  } finally {
+    c.kill()
+    rmSync(dir, { recursive: true, force: true })
+  }
 }))
 
 live('a queue held by another socket gives a clear EPERM error', () => withPair('held', async (p) => {

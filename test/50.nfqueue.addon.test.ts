@@ -190,6 +190,16 @@ live('a new payload given in the verdict reaches the receiver', () => withPair('
   assert.is(done.stats.nlErrors, 0)
 }))
 
+live('a copy range gives shortened records with the length on the wire', () => withPair('copy', async (p) => {
+  nsRun(p.b, 'iptables', ['-A', 'INPUT', '-p', 'udp', '--dport', '9999', '-j', 'NFQUEUE', '--queue-num', '0'])
+  const { done, got } = await udpRun(p, { mode: 'accept', copyRange: 100, limit: 20 }, ['-n', '20', '-s', '1200', '-r', '2000'])
+  assert.is(done.packets, 20)
+  assert.is(done.seen[0].len, 100)
+  assert.is(done.seen[0].origlen, 1228)
+  assert.is(done.kernel.copyRange, 100)
+  assert.is(got.total, 20, 'accepted whole: the kernel keeps the bytes it did not copy')
+}))
+
 live('NF_QUEUE_NR hands packets on to a second queue', () => withPair('requeue', async (p) => {
   nsRun(p.b, 'iptables', ['-A', 'INPUT', '-p', 'udp', '--dport', '9999', '-j', 'NFQUEUE', '--queue-num', '0'])
   const second = consumer(p.b, { queue: 1, mode: 'accept', limit: 20, idleMs: 800, timeoutMs: 20_000 })

@@ -278,7 +278,16 @@ export class NfQueue {
     }
   }
 
-  /** Sends verdicts. Throws NfQueueError if the kernel could not take them (they stay outstanding). */
+  /**
+   * Sends verdicts. Plain accepts (NF_ACCEPT, mark unchanged, no payload) are folded into one
+   * NFQNL_MSG_VERDICT_BATCH when that is valid: the kernel accepts every waiting packet with an id
+   * <= the batch's id, so the addon uses it only up to the first packet it delivered that has no
+   * verdict yet; everything else is one NFQNL_MSG_VERDICT each, all in as few sendmsg calls as the
+   * sizes allow. A replacement payload replaces the whole packet: never send one for a record with
+   * len < origlen (a copy range cut it), or the kernel cuts the packet to that length. The kernel
+   * takes the new bytes as they are (checksums included).
+   * Throws NfQueueError if the kernel could not take them (they stay outstanding).
+   */
   verdicts(b: VerdictBatch): void {
     const p = b.payload
     try {

@@ -19,7 +19,7 @@ import { fixup, checksum16 } from '../src/packet/checksum.js'
 
 const LUA_MASKCOUNT = 8
 const LUA_REGISTRYINDEX = -1001000
-const LUA_TNIL = 0, LUA_TBOOLEAN = 1, LUA_TNUMBER = 3, LUA_TSTRING = 4
+const LUA_TNIL = 0, LUA_TBOOLEAN = 1, LUA_TNUMBER = 3, LUA_TSTRING = 4, LUA_TFUNCTION = 6
 const LUA_ERRMEM = 4
 /** Lua cuts chunk names to 60 bytes in messages: a longer script path is loaded under this token
  *  and the host puts the path back, exactly as the user gave it, in every message it reads. */
@@ -47,6 +47,23 @@ export interface HostServices {
   /** 'capture': time.now() is the current packet's timestamp (offline); 'real': the wall clock. */
   clock: 'capture' | 'real'
   ifname?(index: number): string | undefined
+  /** Script services (defer, timer, net): see the services section of LuaVM. */
+  services?: ServiceHost
+}
+
+/** What the VM needs from its host for defer, timer and net (wasm/lua/services.lua). */
+export interface ServiceHost {
+  /** Deferred calls that may wait at once (more are dropped) and timers that may exist at once. */
+  maxDeferred: number
+  maxTimers: number
+  /** Capture clock only: time.now() before the first packet (the capture's first timestamp). */
+  clockStart?: bigint
+  /** net.send: true when sent, false over the rate limit, a string: an error raised in the script. */
+  send(packet: Uint8Array, timeNs: bigint): boolean | string
+  /** A deferred call or a timer callback faulted; it never touches a verdict. */
+  callbackFault(what: 'defer' | 'timer', kind: FaultKind, message: string): void
+  /** Counts service events: deferred_dropped, timers_refused, timers_skipped, timers_postponed ... */
+  count(name: string, n: number): void
 }
 
 export interface VmConfig {
@@ -168,6 +185,7 @@ export class LuaVM {
     this.stagingSize = MAX_BATCH_BYTES
     this.staging = ex.malloc(this.stagingSize)
     this.loadPrelude()
+    this.initServices()
     this.loadScript()
   }
 
@@ -349,7 +367,7 @@ export class LuaVM {
       return 1
     })
     this.hostFunction('mono', (L) => {
-      ex.lua_pushinteger(L, process.hrtime.bigint())
+      ex.lua_pushinteger(L, this.monoNs())
       return 1
     })
     const rnd = new Uint32Array(1)
@@ -382,21 +400,31 @@ export class LuaVM {
       else ex.lua_pushstring(L, this.cstr(name))
       return 1
     })
+    this.registerServices()
   }
 
   /** The offline clock is the current packet's capture timestamp. */
   private clockNs(): bigint {
     if (this.cfg.host.clock === 'capture') {
+      if (this.clockOverride !== null) return this.clockOverride
       const b = this.batchView
       if (b && this.pos + 28 <= b.byteLength) {
         return BigInt(b.getUint32(this.pos + 20, true)) * 1_000_000_000n + BigInt(b.getUint32(this.pos + 24, true))
       }
       return this.lastClock
     }
-    const ms = BigInt(Date.now()) * 1_000_000n
-    return ms + process.hrtime.bigint() % 1_000_000n
+    return realNs()
   }
   private lastClock = 0n
+
+  /** time.mono(): offline the capture clock, never going back; live a monotonic clock. */
+  private monoNs(): bigint {
+    if (this.cfg.host.clock !== 'capture') return process.hrtime.bigint()
+    const now = this.clockNs()
+    if (now > this.monoLast) this.monoLast = now
+    return this.monoLast
+  }
+  private monoLast = 0n
 
   // ---------------------------------------------------------------- budgets
 
@@ -638,7 +666,12 @@ export class LuaVM {
       ex.lua_pushnumber(L, this.pos + 1)
       ex.lua_pushnumber(L, this.k + 1)
       const st = this.pcall(4, 0)
-      if (st === 0) break
+      if (st === 0) {
+        if (this.k >= count) break
+        // offline: P.run stopped before a packet that a timer is due ahead of
+        this.timersBeforePacket()
+        continue
+      }
       // packet k faulted: record it, then go on from the next packet
       const kind = this.faultKindOf(st)
       this.faultPacket(out, this.k, kind, this.faultMessage(kind))
@@ -673,6 +706,206 @@ export class LuaVM {
     out.fuel[k] = this.fuel
   }
 
+  // ---------------------------------------------------------------- services
+  //
+  // defer, timer and net (wasm/lua/services.lua). The deferred calls and the timers live in the
+  // VM; the host keeps only their counts and the earliest due time, so it can tell without a
+  // call whether anything is to run. Each deferred call and each timer firing is a call of its
+  // own under fresh budgets (pcall re-arms them, so a budget spent by one callback never leaks
+  // into the next): a fault there goes to ServiceHost.callbackFault, never to a packet.
+
+  private deferQueued = 0
+  private timerCount = 0
+  private nextDue: bigint | null = null
+  private clockOverride: bigint | null = null
+  private get svc(): ServiceHost { return this.cfg.host.services ?? NO_SERVICES }
+
+  private registerServices(): void {
+    const ex = this.ex
+    this.hostFunction('defer_push', (L) => {
+      const ok = this.deferQueued < this.svc.maxDeferred
+      if (ok) this.deferQueued++
+      else this.svc.count('deferred_dropped', 1)
+      ex.lua_pushboolean(L, ok ? 1 : 0)
+      return 1
+    })
+    this.hostFunction('timer_add', (L) => {
+      const ok = this.timerCount < this.svc.maxTimers
+      if (ok) this.timerCount++
+      else this.svc.count('timers_refused', 1)
+      ex.lua_pushboolean(L, ok ? 1 : 0)
+      return 1
+    })
+    this.hostFunction('timer_del', () => { this.timerCount--; return 0 })
+    this.hostFunction('timer_max', (L) => { ex.lua_pushinteger(L, BigInt(this.svc.maxTimers)); return 1 })
+    this.hostFunction('timer_due', (L) => {
+      this.nextDue = ex.lua_type(L, 1) === LUA_TNUMBER ? BigInt(ex.lua_tointegerx(L, 1, 0)) : null
+      return 0
+    })
+    this.hostFunction('tclock', (L) => { ex.lua_pushinteger(L, this.timerClock()); return 1 })
+    this.hostFunction('svc_count', (L) => { this.svc.count(this.str(1) ?? '', ex.lua_tonumberx(L, 2, 0)); return 0 })
+    this.hostFunction('send', (L) => {
+      const r = this.svc.send(this.bytesAt(1), this.timerClock())
+      if (typeof r === 'string') this.pushBytes(Buffer.from(r, 'utf8'))
+      else ex.lua_pushboolean(L, r ? 1 : 0)
+      return 1
+    })
+  }
+
+  private initServices(): void {
+    const ex = this.ex, L = this.L
+    this.lastClock = this.cfg.host.services?.clockStart ?? 0n
+    ex.lua_getfield(L, 2, this.cstr('services_init'))
+    if (ex.lua_type(L, -1) !== LUA_TFUNCTION) { ex.lua_settop(L, 2); return }
+    const capture = this.cfg.host.clock === 'capture'
+    ex.lua_pushboolean(L, capture ? 1 : 0)
+    ex.lua_pushinteger(L, BigInt(capture ? CATCHUP_CAPTURE : CATCHUP_LIVE))
+    const st = this.pcall(2, 0)
+    if (st !== 0) throw new LoadError(`psd prelude services.lua failed: ${this.str(-1)}`)
+    ex.lua_settop(L, 2)
+  }
+
+  /** Deferred calls waiting to run. */
+  get deferredPending(): number { return this.deferQueued }
+  /** Timers that exist (one-shot timers not yet fired, periodic ones not cancelled). */
+  get timersActive(): number { return this.timerCount }
+  /** The earliest timer's due time on timerClock(), or null when there is none. */
+  get nextTimerDue(): bigint | null { return this.nextDue }
+  /** The clock timers run on: offline the capture clock, live process.hrtime.bigint(). */
+  timerClock(): bigint { return this.cfg.host.clock === 'capture' ? this.clockNs() : process.hrtime.bigint() }
+
+  /**
+   * Runs up to `max` deferred calls (default: those queued now, not the ones they queue in
+   * turn), oldest first, each under its own budgets. Call between batches. Returns how many ran.
+   */
+  runDeferred(max = this.deferQueued): number {
+    if (this.out !== null || this.inCall) throw new Error('LuaVM.runDeferred: not between batches')
+    const ex = this.ex, L = this.L
+    const top = ex.lua_gettop(L)
+    let ran = 0
+    for (let n = Math.min(max, this.deferQueued); n > 0 && this.deferQueued > 0 && !this.broken; n--) {
+      this.deferQueued--
+      ex.lua_getfield(L, 2, this.cstr('defer_run'))
+      const st = this.pcall(0, 0)
+      ran++
+      if (st !== 0) this.callbackFaulted('defer', st)
+      ex.lua_settop(L, top)
+    }
+    if (ran) this.svc.count('deferred_run', ran)
+    return ran
+  }
+
+  /** Fires the timers due at `now` (timerClock()), earliest first. Call between batches. */
+  runTimers(now: bigint = this.timerClock()): number {
+    if (this.out !== null || this.inCall) throw new Error('LuaVM.runTimers: not between batches')
+    return this.fireTimers(now)
+  }
+
+  /** Offline: P.run stopped before the packet at this.pos because a timer is due at its time. */
+  private timersBeforePacket(): void {
+    const v = this.batchView!
+    const now = BigInt(v.getUint32(this.pos + 20, true)) * 1_000_000_000n + BigInt(v.getUint32(this.pos + 24, true))
+    this.fireTimers(now)
+    if (!this.broken && this.nextDue !== null && this.nextDue <= now) {
+      // Not even P.timer_postpone could run (memory budget): stop cutting batches until the
+      // timers change, or this packet would never run.
+      const ex = this.ex, L = this.L, top = ex.lua_gettop(L)
+      ex.lua_getfield(L, 2, this.cstr('set_due'))
+      ex.lua_pushnil(L)
+      this.pcall(1, 0)
+      ex.lua_settop(L, top)
+      this.svc.count('timers_postponed', 1)
+    }
+  }
+
+  private fireTimers(now: bigint): number {
+    const ex = this.ex, L = this.L
+    const top = ex.lua_gettop(L)
+    const capture = this.cfg.host.clock === 'capture'
+    const bound = capture ? ROUND_FIRINGS_CAPTURE : ROUND_FIRINGS_LIVE
+    let fired = 0
+    while (this.nextDue !== null && this.nextDue <= now && !this.broken) {
+      if (fired >= bound) {
+        // A round must end: whatever is still due waits until after now.
+        this.svc.count('timers_postponed', 1)
+        ex.lua_getfield(L, 2, this.cstr('timer_postpone'))
+        ex.lua_pushinteger(L, now)
+        this.pcall(1, 0)
+        ex.lua_settop(L, top)
+        break
+      }
+      const due = this.nextDue
+      if (capture) this.clockOverride = due // time.now() in the callback is its due time
+      ex.lua_getfield(L, 2, this.cstr('timer_fire'))
+      ex.lua_pushinteger(L, now)
+      const st = this.pcall(1, 0)
+      fired++
+      if (st !== 0) this.callbackFaulted('timer', st)
+      ex.lua_settop(L, top)
+      if (capture && due > this.lastClock) this.lastClock = due
+    }
+    this.clockOverride = null
+    if (fired) this.svc.count('timers_fired', fired)
+    return fired
+  }
+
+  private callbackFaulted(what: 'defer' | 'timer', status: number): void {
+    const kind = this.faultKindOf(status)
+    this.svc.callbackFault(what, FAULT_KINDS[kind] ?? 'error', this.faultMessage(kind))
+  }
+
+  // ---------------------------------------------------------------- reload state
+  //
+  // The handoff of API.md section 8 (wasm/lua/state.lua): on_stop's result is written out inside
+  // the old VM, the bytes cross to the new VM, are read back there and given to on_reload. Both
+  // halves run as one call each under the tenant's budgets.
+
+  private stateIn: Uint8Array | null = null
+
+  private registerState(): void {
+    this.hostFunction('state_in', (L) => {
+      if (this.stateIn === null) this.ex.lua_pushnil(L)
+      else this.pushBytes(this.stateIn)
+      return 1
+    })
+  }
+
+  /**
+   * Calls on_stop and returns what it returned as bytes (null when there is no on_stop or it
+   * returned nil). The VM stays usable: a reload that fails afterwards keeps it running.
+   * Throws LoadError when on_stop faults or returns what cannot be handed over.
+   */
+  stopWithState(): Uint8Array | null {
+    const ex = this.ex, L = this.L
+    ex.lua_settop(L, 2)
+    ex.lua_getfield(L, 2, this.cstr('state_stop'))
+    this.callWithResult('on_stop')
+    const state = ex.lua_type(L, -1) === LUA_TSTRING ? this.bytesAt(-1) : null
+    ex.lua_settop(L, 2)
+    return state
+  }
+
+  /** Calls on_reload(old_state) with the bytes from the old VM's stopWithState(). Throws LoadError. */
+  startWithState(state: Uint8Array | null): void {
+    const ex = this.ex, L = this.L
+    ex.lua_settop(L, 2)
+    ex.lua_getfield(L, 2, this.cstr('state_reload'))
+    this.stateIn = state
+    try { this.callWithResult('on_reload') } finally { this.stateIn = null }
+    ex.lua_settop(L, 2)
+  }
+
+  private callWithResult(what: string): void {
+    const st = this.pcall(0, 1)
+    if (st !== 0) {
+      const kind = this.faultKindOf(st)
+      let msg = this.faultMessage(kind)
+      if (kind === F_ERROR && !msg.startsWith(this.scriptPath)) msg = `${this.scriptPath}: ${msg}`
+      this.ex.lua_settop(this.L, 2)
+      throw new LoadError(`${msg} (in ${what})`, FAULT_KINDS[kind] ?? 'error')
+    }
+  }
+
   close(): void {
     if (!this.L) return
     try {
@@ -681,4 +914,37 @@ export class LuaVM {
     for (const f of this.funcs) { try { this.m.removeFunction(f) } catch { /* ignore */ } }
     this.L = 0
   }
+}
+
+// ---- services: bounds that are the VM's own, the fallback host, the real clock
+
+/** Firings in a row a late periodic timer makes before it skips ahead to its next due time:
+ *  offline it catches up (the capture's clock jumps over quiet periods), live it does not. */
+const CATCHUP_CAPTURE = 1000
+const CATCHUP_LIVE = 1
+/** Timer callbacks in one round; what is still due then waits until just after the round's time. */
+const ROUND_FIRINGS_CAPTURE = 10000
+const ROUND_FIRINGS_LIVE = 1000
+
+/** A VM whose host gives no services (tests, benchmarks): bounded queues, no sending. */
+const NO_SERVICES: ServiceHost = {
+  maxDeferred: 1024,
+  maxTimers: 256,
+  send: () => 'net.send: this tenant may not send (allow it with --allow-send or "send": true)',
+  callbackFault: () => {},
+  count: () => {},
+}
+
+/** Wall-clock ns since the epoch: a monotonic clock, re-aligned with the wall clock when they
+ *  drift apart by more than 2 ms (checked at most once a second). */
+let realBase = 0n, realSync = -(10n ** 18n)
+function realNs(): bigint {
+  const h = process.hrtime.bigint()
+  if (h - realSync > 1_000_000_000n) {
+    const b = BigInt(Date.now()) * 1_000_000n - h
+    const d = b - realBase
+    if (d > 2_000_000n || d < -2_000_000n) realBase = b
+    realSync = h
+  }
+  return realBase + h
 }

@@ -6,6 +6,7 @@ import { LuaVM, BatchOutput, LoadError, FAULT_KINDS, type HostServices } from '.
 import type { TenantConfig } from '../config.js'
 import type { Logger } from '../log.js'
 import { FaultLog } from './fault-log.js'
+import { TenantServices, TimerPump, type ServicesOptions } from './services.js'
 
 export { BatchOutput, LoadError, FAULT_KINDS }
 
@@ -33,16 +34,25 @@ export class Tenant {
   readonly faultLog: FaultLog
   private vm: LuaVM | null = null
   private source = ''
+  /** defer, timer, net: bounds, sender, counters (src/engine/services.ts) */
+  readonly services: TenantServices
+  private pump: TimerPump | null = null
+  /** offline: the capture clock where the last batch left it (a rebuilt VM starts there) */
+  private captureNow: bigint | undefined
 
-  private constructor(readonly cfg: TenantConfig, readonly log: Logger, private clock: 'capture' | 'real') {
+  private constructor(readonly cfg: TenantConfig, readonly log: Logger, private clock: 'capture' | 'real', svc: TenantServicesOptions = {}) {
     this.faultLog = new FaultLog(log)
+    this.services = new TenantServices(cfg, log, svc, (kind) => { this.counters.faults[kind] = (this.counters.faults[kind] ?? 0) + 1 })
+    this.captureNow = svc.clockStart
+    if (clock === 'real') this.pump = new TimerPump(() => { void this.runTimers() })
   }
 
   /** Loads the script; throws LoadError (file:line) if it does not load. */
-  static async start(cfg: TenantConfig, log: Logger, clock: 'capture' | 'real'): Promise<Tenant> {
-    const t = new Tenant(cfg, log.child({ tenant: cfg.name, script: cfg.script }), clock)
+  static async start(cfg: TenantConfig, log: Logger, clock: 'capture' | 'real', svc: TenantServicesOptions = {}): Promise<Tenant> {
+    const t = new Tenant(cfg, log.child({ tenant: cfg.name, script: cfg.script }), clock, svc)
     t.source = readScript(cfg.script)
     t.vm = await t.build()
+    await t.afterBatch() // deferred calls and timers from the top level and on_start
     return t
   }
 
@@ -55,6 +65,7 @@ export class Tenant {
         if (op === 0) this.stats.set(name, (this.stats.get(name) ?? 0) + value)
         else this.stats.set(name, value)
       },
+      services: this.services.host(this.captureNow),
     }
   }
 
@@ -90,6 +101,7 @@ export class Tenant {
 
   /** Replaces a VM that cannot go on with a fresh one from the same script (its globals are lost). */
   async rebuild(why: string): Promise<void> {
+    if (this.clock === 'capture' && this.vm) this.captureNow = this.vm.timerClock()
     this.vm?.close()
     this.vm = null
     this.counters.rebuilds++
@@ -98,9 +110,57 @@ export class Tenant {
   }
 
   stop(): void {
-    if (!this.vm) return
+    this.pump?.disarm()
+    this.pump = null
+    if (!this.vm) { this.services.close(); return }
+    this.drainDeferred() // still waiting at the end of the input (offline) or at shutdown
     try { this.vm.callLifecycle('on_stop') } catch (e) { this.log.error((e as Error).message) }
+    this.drainDeferred() // queued by on_stop
+    const svc = this.services.nonZero()
+    if (Object.keys(svc).length) this.log.info('script services', { services: svc })
     this.vm.close()
     this.vm = null
+    this.services.close()
   }
+
+  // ---- script services (defer, timer, net): see src/engine/services.ts
+
+  /**
+   * Call after each batch's verdicts are on their way: runs the deferred calls (each under its
+   * own budgets; a fault is logged and counted, never a verdict) and, live, re-arms the timer
+   * pump. Offline, timers fire inside runBatch, between the right two packets.
+   */
+  async afterBatch(): Promise<void> {
+    const vm = this.vm
+    if (!vm) return
+    if (vm.deferredPending > 0) vm.runDeferred()
+    if (vm.isBroken) await this.rebuild('a deferred call crashed the VM')
+    if (this.clock === 'capture') this.captureNow = this.vm?.timerClock()
+    this.pump?.arm(this.vm?.nextTimerDue ?? null)
+  }
+
+  /** Live: fires the timers that are due now, then the calls they deferred. The pump calls this. */
+  async runTimers(): Promise<void> {
+    const vm = this.vm
+    if (!vm) return // being rebuilt: the pump is armed again afterwards
+    if (vm.nextTimerDue !== null) vm.runTimers()
+    await this.afterBatch()
+  }
+
+  /** The earliest timer's due time (on LuaVM.timerClock()), or null. */
+  get nextTimerDue(): bigint | null { return this.vm?.nextTimerDue ?? null }
+
+  private drainDeferred(): void {
+    const vm = this.vm!
+    for (let round = 0; round < 100 && vm.deferredPending > 0 && !vm.isBroken; round++) vm.runDeferred()
+    if (vm.deferredPending > 0) {
+      this.services.counters.deferred_dropped += vm.deferredPending
+      this.log.warn(`${vm.deferredPending} deferred calls still waiting after 100 rounds were dropped`)
+    }
+  }
+}
+
+export interface TenantServicesOptions extends ServicesOptions {
+  /** Offline: the capture's first timestamp, time.now() before the first packet (top level, on_start). */
+  clockStart?: bigint
 }

@@ -9,6 +9,7 @@ import { fixup } from '../packet/checksum.js'
 import { Tenant, BatchOutput, LoadError, FAULT_KINDS } from '../engine/tenant.js'
 import { MAX_BATCH_BYTES } from '../../wasm/vm.js'
 import type { TenantConfig } from '../config.js'
+import { PcapSender } from './write-sent.js'
 import type { Logger } from '../log.js'
 
 export interface OfflineOutputs {
@@ -71,6 +72,7 @@ export async function runOffline(opts: OfflineOptions): Promise<number> {
       accepted: outputPath(opts.outputs.accepted, cfg.name, several, '--write-accepted'),
       dropped: outputPath(opts.outputs.dropped, cfg.name, several, '--write-dropped'),
       verdicts: outputPath(opts.outputs.verdicts, cfg.name, several, '--verdicts'),
+      sent: outputPath(opts.outputs.sent, cfg.name, several, '--write-sent'),
     }
     const s = await runTenant(cfg, opts, outs, log)
     if (s !== 0) status = s
@@ -83,12 +85,27 @@ export interface BatchRunner {
   run(batch: Uint8Array, count: number, out: BatchOutput, ns: ArrayLike<number>): Promise<void>
   stop(): void
   readonly stats: Map<string, number>
+  /** After a batch's verdicts are written: deferred calls (script services). */
+  afterBatch?(): Promise<void>
 }
 
-async function runTenant(cfg: TenantConfig, opts: OfflineOptions, outs: { accepted?: string; dropped?: string; verdicts?: string }, log: Logger): Promise<number> {
-  const tenant = await Tenant.start(cfg, opts.log, 'capture')
+async function runTenant(cfg: TenantConfig, opts: OfflineOptions, outs: { accepted?: string; dropped?: string; verdicts?: string; sent?: string }, log: Logger): Promise<number> {
+  if (outs.sent !== undefined && !cfg.send) log.warn('--write-sent: this tenant may not send (no --allow-send, or "send": false), so the file stays empty')
+  // net.send offline writes to --write-sent (never the wire); time starts at the capture's first timestamp
+  const tenant = await Tenant.start(cfg, opts.log, 'capture', { sender: outs.sent !== undefined ? new PcapSender(outs.sent) : undefined, clockStart: firstTimestamp(opts.pcap) })
   log.info('script loaded', { script: cfg.script, pcap: opts.pcap })
   return runCapture(tenant, opts, outs, log)
+}
+
+/** The capture's first record's timestamp in ns (0 when it has none or cannot be read). */
+function firstTimestamp(path: string): bigint {
+  try {
+    const c = openCapture(path)
+    try {
+      const r = c.next()
+      return r ? BigInt(r.sec) * 1_000_000_000n + BigInt(r.nsec) : 0n
+    } finally { c.close() }
+  } catch { return 0n }
 }
 
 /**
@@ -159,6 +176,7 @@ export async function runCapture(tenant: BatchRunner, opts: OfflineOptions, outs
       k++
     }
     entries = 0; count = 0; pos = 0
+    if (tenant.afterBatch) await tenant.afterBatch()
     if (progressMs > 0) {
       const now = performance.now()
       if (now - lastProgress >= progressMs) {

@@ -5,8 +5,8 @@ local P, H = ...
 local lib = P.lib
 
 local byte, char, format, sub, rep, sfind = string.byte, string.char, string.format, string.sub, string.rep, string.find
-local concat, tostring, tonumber, select, type, error = table.concat, tostring, tonumber, select, type, error
-local mtype, tointeger = math.type, math.tointeger
+local concat, tostring, tonumber, select, type, error, pcall = table.concat, tostring, tonumber, select, type, error, pcall
+local mtype, tointeger, ult = math.type, math.tointeger, math.ult
 local getinfo = debug.getinfo   -- kept private to the prelude: only for script:line in logs
 
 -- bit: PacketScript-era helpers over 32-bit values (Lua 5.4 operators work too).
@@ -67,16 +67,23 @@ lib.random = {
     if mtype(lo) ~= 'integer' or mtype(hi) ~= 'integer' or lo > hi then
       error('random.int: integers lo <= hi expected', 2)
     end
-    local span = hi - lo + 1
-    if span <= 0 or span > 0xffffffff then
-      -- wide ranges: combine two draws
-      return lo + ((H.random_u32() << 32 | H.random_u32()) % (hi - lo + 1))
+    local range = hi - lo   -- read as unsigned: 0 .. 2^64-1 (wraps for very wide ranges)
+    local u32 = H.random_u32
+    if not ult(0xffffffff, range) then
+      -- rejection sampling keeps the draw uniform
+      local span = range + 1
+      local limit = 0x100000000 - (0x100000000 % span)
+      local x = u32()
+      while x >= limit do x = u32() end
+      return lo + x % span
     end
-    -- rejection sampling keeps the draw uniform
-    local limit = 0x100000000 - (0x100000000 % span)
-    local x = H.random_u32()
-    while x >= limit do x = H.random_u32() end
-    return lo + x % span
+    -- wider than 32 bits: draw 64-bit values under the smallest all-ones mask >= range
+    local mask = range
+    mask = mask | mask >> 1; mask = mask | mask >> 2; mask = mask | mask >> 4
+    mask = mask | mask >> 8; mask = mask | mask >> 16; mask = mask | mask >> 32
+    local x
+    repeat x = (u32() << 32 | u32()) & mask until not ult(range, x)
+    return lo + x
   end,
   bytes = function(n)
     if mtype(n) ~= 'integer' or n < 0 or n > 65536 then error('random.bytes: n must be an integer in 0..65536', 2) end
@@ -96,9 +103,16 @@ end
 local LEVELS = { debug = 0, info = 1, warn = 2, error = 3 }
 local function logger(level)
   local code = LEVELS[level]
+  local name = 'log.' .. level
   return function(fmt, ...)
     local msg
-    if select('#', ...) > 0 then msg = format(fmt, ...) else msg = tostring(fmt) end
+    if select('#', ...) > 0 then
+      local ok, m = pcall(format, fmt, ...)
+      if not ok then error(name .. ': ' .. tostring(m), 2) end
+      msg = m
+    else
+      msg = tostring(fmt)
+    end
     H.log(code, msg, where())
   end
 end

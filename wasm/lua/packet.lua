@@ -326,6 +326,12 @@ local done, accept, drop = H.done, H.accept, H.drop
 
 function P.set_entry(fn) entry = fn end
 
+-- Offline only (services.lua sets it): the earliest timer due time, in capture ns. The loop
+-- stops before the first packet at or after it, so the host can fire the timer between the
+-- right two packets and call P.run again from that packet.
+local due = nil
+function P.set_due(ns) due = ns end
+
 -- The general case: any verdict value, a mark, edits.
 local function finish(pkt, v, m)
   local code = verdict_code(v)
@@ -346,11 +352,16 @@ end
 -- Runs packets i..n of a batch string whose record i starts at pos. The host calls it again
 -- from the packet after a fault (a fault unwinds this loop; the host knows where it stopped
 -- because every finished packet reported through accept/drop/done, which also re-arm the fuel
--- for the next packet).
+-- for the next packet). Offline it also returns early, before a packet that a timer is due
+-- ahead of (P.set_due); the host fires the timer and calls it again from that packet.
 function P.run(batch, n, pos, i)
   if live ~= nil then live[1] = nil; live = nil end
   while i <= n do
     local reclen, len = sunpack('<I4I4', batch, pos)
+    if due ~= nil then
+      local sec, nsec = sunpack('<I4I4', batch, pos + 20)
+      if sec * 1000000000 + nsec >= due then return end
+    end
     local pkt = setmetatable({ batch, pos + HDR - 1, len, false, false, pos, batch, false }, PKT)
     live = pkt
     local v, m = entry(pkt)

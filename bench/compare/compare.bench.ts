@@ -19,7 +19,7 @@ import { tmpdir, loadavg, cpus } from 'node:os'
 import { parseArgs } from 'node:util'
 import { execFileSync } from 'node:child_process'
 import { makeMixedCapture } from '../../test/lib/packets.js'
-import { FILTERS, ENGINES, LUA, loadPackets, createEngine, disagreements, type Engine, type EngineName } from './engines.js'
+import { FILTERS, ENGINES, EXTRA_ENGINES, LUA, sourceState, loadPackets, createEngine, disagreements, type Engine, type EngineName } from './engines.js'
 import { summary, paired, median, fmtNs, fmtRatio } from './stats.js'
 
 const { values } = parseArgs({
@@ -37,9 +37,10 @@ const N = Number(values.packets), seed = Number(values.seed)
 const iterations = Number(values.iterations), warmup = Number(values.warmup)
 const filters = values.filters ? values.filters.split(',') : [...FILTERS]
 const engineNames = (values.engines ? values.engines.split(',') : [...ENGINES]) as EngineName[]
-for (const e of engineNames) if (!ENGINES.includes(e)) throw new Error(`unknown engine ${e}; engines: ${ENGINES.join(', ')}`)
+const known: string[] = [...ENGINES, ...EXTRA_ENGINES]
+for (const e of engineNames) if (!known.includes(e)) throw new Error(`unknown engine ${e}; engines: ${known.join(', ')}`)
 /** The order of a round: the pairs compared most (native/psd) side by side. */
-const ORDER: EngineName[] = ['native', 'psd', 'native-hook', 'psd-unmetered', 'js', 'wasmoon-hl']
+const ORDER: EngineName[] = ['native', 'psd', 'native-hook', 'psd-unmetered', 'psd-fuel-only', 'js', 'wasmoon-hl', 'baseline']
 const order = ORDER.filter((e) => engineNames.includes(e))
 
 const pcap = join(tmpdir(), `psd-compare-${N}-s${seed}.pcap`)
@@ -48,6 +49,8 @@ const packets = loadPackets(pcap)
 const load0 = loadavg()
 const luaVersion = (() => { try { return execFileSync(LUA, ['-v'], { encoding: 'utf8' }).trim() } catch { return `${LUA}: not found` } })()
 const wasmoonVersion = JSON.parse(readFileSync(new URL('../../../node_modules/wasmoon/package.json', import.meta.url), 'utf8')).version
+const source = sourceState()
+log(`source: commit ${source.commit}${source.modified.length ? `, working tree differs in ${source.modified.join(' ')}` : ''}`)
 log(`capture ${pcap}: ${packets.count} IP packets, ${packets.bytes} bytes (mean ${Math.round(packets.bytes / packets.count)} B)`)
 log(`node ${process.version}, ${luaVersion}, wasmoon ${wasmoonVersion}, ${cpus().length} CPUs (${cpus()[0]?.model}), load ${load0.map((x) => x.toFixed(2)).join(' ')}`)
 
@@ -106,13 +109,15 @@ const RATIOS: [EngineName, EngineName, string][] = [
   ['psd-unmetered', 'native', 'psd unmetered / native Lua: the cost of WebAssembly'],
   ['psd', 'native-hook', 'psd / native Lua with a fuel hook: like for like'],
   ['psd', 'psd-unmetered', 'psd / psd unmetered: the cost of the budgets'],
+  ['psd-fuel-only', 'psd-unmetered', 'psd fuel only / psd unmetered: the fuel hook'],
+  ['wasmoon-hl', 'psd-unmetered', 'wasmoon high-level / psd unmetered (the same work)'],
   ['wasmoon-hl', 'psd', 'wasmoon high-level / psd (target >= 10)'],
   ['psd', 'js', 'psd / plain JS: the cost of the sandbox, all in'],
   ['native', 'js', 'native Lua / plain JS'],
 ]
 const result: any = {
   capture: pcap, packets: packets.count, mean_bytes: Math.round(packets.bytes / packets.count), seed, iterations, warmup,
-  node: process.version, lua: luaVersion, wasmoon: wasmoonVersion, cpus: cpus().length, loadavg: { start: load0, end: load1 },
+  source, node: process.version, lua: luaVersion, wasmoon: wasmoonVersion, cpus: cpus().length, loadavg: { start: load0, end: load1 },
   filters: {} as Record<string, any>,
 }
 const out: string[] = []

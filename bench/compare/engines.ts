@@ -18,7 +18,7 @@
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { spawn, execFileSync, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { LuaFactory } from 'wasmoon'
 import { loadBatches } from '../../src/cli/bench.js'
@@ -32,9 +32,13 @@ const here = dirname(fileURLToPath(import.meta.url))
 export const ROOT = join(here, '..', '..', '..')
 export const FILTERS = ['accept-all', 'ip-tcp', 'http-host', 'dns-block'] as const
 export type FilterName = typeof FILTERS[number]
-export const filterPath = (name: string): string => join(ROOT, 'bench', 'compare', 'filters', `${name}.lua`)
+/** A comparison filter's file; a name ending in .lua is a script path already (growth benchmarks). */
+export const filterPath = (name: string): string => name.endsWith('.lua') ? name : join(ROOT, 'bench', 'compare', 'filters', `${name}.lua`)
 export const ENGINES = ['native', 'native-hook', 'psd', 'psd-unmetered', 'wasmoon-hl', 'js'] as const
-export type EngineName = typeof ENGINES[number]
+/** Further engines, on request: psd with the fuel hook but no memory accounting (where the budgets'
+ *  cost goes), and the loop with no VM at all (psd bench's baseline). */
+export const EXTRA_ENGINES = ['psd-fuel-only', 'baseline'] as const
+export type EngineName = typeof ENGINES[number] | typeof EXTRA_ENGINES[number]
 /** lua5.4, or what PSD_LUA names. */
 export const LUA = process.env.PSD_LUA ?? 'lua5.4'
 
@@ -44,6 +48,14 @@ export function preludeFiles(): string[] {
   const m = /const PRELUDE = \[([^\]]*)\]/.exec(src)
   if (!m) throw new Error('wasm/vm.ts: cannot find the PRELUDE list')
   return [...m[1].matchAll(/'([^']+)'/g)].map((x) => x[1])
+}
+
+/** The commit measured, and the files of the engine (wasm/, src/) that differ from it: the
+ *  benchmarks run the working tree, so a figure says what it ran. */
+export function sourceState(): { commit: string; modified: string[] } {
+  const git = (...a: string[]) => { try { return execFileSync('git', ['-C', ROOT, ...a], { encoding: 'utf8' }).trim() } catch { return '' } }
+  const modified = git('status', '--porcelain', '--', 'wasm', 'src').split('\n').filter(Boolean).map((l) => l.slice(3))
+  return { commit: git('rev-parse', '--short', 'HEAD') || 'unknown', modified }
 }
 
 // ---------------------------------------------------------------- packets
@@ -126,15 +138,28 @@ abstract class InProcess implements Engine {
 /** psd's VM, driven as `psd bench` drives it: runBatch over the batches, verdicts read back. */
 export class Psd extends InProcess {
   private constructor(name: EngineName, filter: string, p: Packets, private vm: LuaVM, private out: BatchOutput) { super(name, filter, p) }
-  static async create(filter: string, p: Packets, metered = true): Promise<Psd> {
+  static async create(filter: string, p: Packets, metering: 'all' | 'none' | 'fuel' = 'all'): Promise<Psd> {
+    const vm = await Psd.vm(filter, metering)
+    return new Psd(metering === 'all' ? 'psd' : metering === 'none' ? 'psd-unmetered' : 'psd-fuel-only', filter, p, vm, new BatchOutput(128))
+  }
+  /** A VM as psd builds one for the CLI (default budgets), with metering as asked. */
+  static vm(filter: string, metering: 'all' | 'none' | 'fuel' = 'all'): Promise<LuaVM> {
     const script = filterPath(filter)
-    const vm = await LuaVM.create({
+    return LuaVM.create({
       scriptPath: script, source: readFileSync(script, 'utf8'),
       fuel: DEFAULTS.fuel, memory: DEFAULTS.memory, timeoutMs: DEFAULTS.timeoutMs,
       host: { clock: 'capture', log: () => {}, stat: () => {} },
-      metering: metered ? undefined : { fuel: false, memory: false },
+      metering: metering === 'all' ? undefined : { fuel: metering === 'fuel', memory: false },
     })
-    return new Psd(metered ? 'psd' : 'psd-unmetered', filter, p, vm, new BatchOutput(128))
+  }
+  /** Instructions per packet (one extra pass with fuel measured), metered VMs only. */
+  fuelPerPacket(): number {
+    const { vm, out } = this
+    vm.measureFuel = true
+    let fuel = 0
+    for (const b of this.p.batches) { vm.runBatch(b.bytes, b.count, out); for (let k = 0; k < b.count; k++) fuel += out.fuel[k] }
+    vm.measureFuel = false
+    return fuel / this.p.count
   }
   protected run(): void {
     const { vm, out, v } = this
@@ -146,6 +171,20 @@ export class Psd extends InProcess {
   }
   get memoryUsed(): number { return this.vm.memoryUsed }
   override async close(): Promise<void> { this.vm.close() }
+}
+
+/** psd bench's baseline: the same loop over the batches with no VM (verdicts set, read back). */
+export class NoVm extends InProcess {
+  private out = new BatchOutput(128)
+  constructor(filter: string, p: Packets) { super('baseline', filter, p) }
+  protected run(): void {
+    const { out, v } = this
+    let i = 0
+    for (const b of this.p.batches) {
+      out.verdict.fill(1, 0, b.count); out.mark.fill(-1, 0, b.count); out.fault.fill(0, 0, b.count)
+      for (let k = 0; k < b.count; k++) v[i++] = out.fault[k] ? -1 : out.verdict[k]
+    }
+  }
 }
 
 /** The filter in plain JavaScript (js-filters.ts), one call per packet over Buffer views. */
@@ -255,8 +294,10 @@ export class Native implements Engine {
 
 export async function createEngine(name: EngineName, filter: string, p: Packets): Promise<Engine> {
   switch (name) {
-    case 'psd': return Psd.create(filter, p, true)
-    case 'psd-unmetered': return Psd.create(filter, p, false)
+    case 'psd': return Psd.create(filter, p, 'all')
+    case 'psd-unmetered': return Psd.create(filter, p, 'none')
+    case 'psd-fuel-only': return Psd.create(filter, p, 'fuel')
+    case 'baseline': return new NoVm(filter, p)
     case 'native': return Native.create(filter, p, false)
     case 'native-hook': return Native.create(filter, p, true)
     case 'wasmoon-hl': return WasmoonHl.create(filter, p)

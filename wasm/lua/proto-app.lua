@@ -12,18 +12,20 @@ local setmetatable, tonumber, next = setmetatable, tonumber, next
 
 local layers = P.layers
 local layer, u16, u32, ip4str, ip6str, adopt = R.layer, R.u16, R.u32, R.ip4str, R.ip6str, R.adopt
-local transport, TCP, UDP = R.transport, R.kinds.tcp, R.kinds.udp
 
--- The region [s, e) of the transport payload of t when its transport is TCP or UDP, with the
--- transport object and its ports.
-local function app_region(t)
-  local o = transport(t)
-  if not o then return nil end
-  local K = o[3]
-  if K ~= TCP and K ~= UDP then return nil end
-  local s, e = K.region(o)
-  local b, base = t[1], t[2]
-  return o, s, e, u16(b, base + o[4] + 1), u16(b, base + o[4] + 3)
+local ip_of = R.ip_of
+
+-- The TCP object of t when t is TCP (without decoding any other transport).
+local function tcp_of(t)
+  local c = t[5]
+  local o = c.tcp
+  if o == nil then
+    local ip = c.ip
+    if ip == nil then ip = layer(t, 'ip') end
+    if not ip or ip[7] ~= 6 then return false end
+    o = layer(t, 'tcp')
+  end
+  return o
 end
 
 -- ---------------------------------------------------------------- DNS
@@ -33,18 +35,28 @@ end
 local GD = {}
 local DNS = R.kind('dns', GD, {}, 10, function(o) return o[4], o[5] end)
 
+local DNSmt = DNS.mt
 layers.dns = function(t)
-  local o, s, e, sp, dp = app_region(t)
-  if not o or (sp ~= 53 and dp ~= 53) then return nil end
-  if o[3] == TCP then
+  local ip = ip_of(t)
+  if not ip then return nil end
+  local proto = ip[7]
+  if proto ~= 17 and proto ~= 6 then return nil end
+  local o = layer(t, proto == 17 and 'udp' or 'tcp')
+  if not o then return nil end
+  local s, e = o[3].region(o)
+  local b, base = t[1], t[2]
+  local p = base + o[4]
+  local s1, s2, d1, d2 = byte(b, p + 1, p + 4)
+  if s1 << 8 | s2 ~= 53 and d1 << 8 | d2 ~= 53 then return nil end
+  if proto == 6 then
     -- DNS over TCP: a 2-byte length, then the message (this segment must start one)
     if s + 2 > e then return nil end
-    local n = u16(t[1], t[2] + s + 1)
+    local n = u16(b, base + s + 1)
     s = s + 2
     if s + n < e then e = s + n end
   end
   if s + 12 > e then return nil end
-  return adopt(t, setmetatable({ t, t[5], DNS, s, e, false, false, false, false, false }, DNS.mt))
+  return adopt(t, setmetatable({ t, t[5], DNS, s, e, false, false, false, false, false }, DNSmt))
 end
 
 -- A domain name at packet offset p inside the message [s, e): the name ('' for the root) and
@@ -196,26 +208,30 @@ for _, m in next, { 'GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS'
   METHODS[m] = true
 end
 
+-- first letters of the methods below (and of HTTP/1.x): a quick "no" for most other payloads
+local FIRST = {}
+for _, c in next, { 'G', 'H', 'P', 'D', 'C', 'O', 'T', 'M', 'L', 'U', 'S', 'R' } do FIRST[byte(c)] = true end
+local HTTPmt = HTTP.mt
 layers.http = function(t)
-  local o, s, e = app_region(t)
-  if not o or o[3] ~= TCP or e - s < 14 then return nil end
+  local o = t[5].tcp
+  if o == nil then o = tcp_of(t) end
+  if not o then return nil end
+  local s, e = o[4] + o[5], o[6]
+  if e - s < 14 then return nil end
   local b, base = t[1], t[2]
-  local c = byte(b, base + s + 1)
-  if c < 65 or c > 90 then return nil end -- every start line begins with an upper-case letter
-  local head = sub(b, base + s + 1, base + s + 10)
-  local m = match(head, '^(%u+) ')
+  local p = base + s
+  local c1, c2 = byte(b, p + 1, p + 2)
+  if not FIRST[c1] or c2 < 65 or c2 > 90 then return nil end
+  local text = sub(b, p + 1, base + e)
+  local m, uri, ver, after = match(text, '^(%u+) ([^ \r\n]+) (HTTP/1%.%d)\r?\n()')
   if m then
     if not METHODS[m] then return nil end
-    local text = sub(b, base + s + 1, base + e)
-    local uri, ver, after = match(text, '^[^ ]+ ([^ \r\n]+) (HTTP/1%.%d)\r?\n()')
-    if not uri then return nil end
-    return adopt(t, setmetatable({ t, t[5], HTTP, s, e, text, after, m, uri, ver, false, false, false, false }, HTTP.mt))
+    return adopt(t, setmetatable({ t, t[5], HTTP, s, e, text, after, m, uri, ver, false, false, false, false }, HTTPmt))
   end
-  if sub(head, 1, 7) ~= 'HTTP/1.' then return nil end
-  local text = sub(b, base + s + 1, base + e)
-  local ver, status, reason, after = match(text, '^(HTTP/1%.%d) (%d%d%d) ?([^\r\n]*)\r?\n()')
+  local status, reason
+  ver, status, reason, after = match(text, '^(HTTP/1%.%d) (%d%d%d) ?([^\r\n]*)\r?\n()')
   if not ver then return nil end
-  return adopt(t, setmetatable({ t, t[5], HTTP, s, e, text, after, false, false, ver, tonumber(status), reason, false, false }, HTTP.mt))
+  return adopt(t, setmetatable({ t, t[5], HTTP, s, e, text, after, false, false, ver, tonumber(status), reason, false, false }, HTTPmt))
 end
 
 -- Header lines up to the empty line (or the end of the segment: a line cut by the segment's end
@@ -260,7 +276,21 @@ GH.request = function(o) return o[8] ~= false end
 GH.headers = function(o) return o[13] or parse_headers(o) end
 GH.body = function(o) if not o[13] then parse_headers(o) end; return o[14] or nil end
 local function header(name) return function(o) return (o[13] or parse_headers(o))[name] end end
-GH.host = header('host')
+-- Host without building the header table (scripts ask for it on every request): the first
+-- complete "Host:" line of the header block, unless there are two (then the joined value).
+local HOST = '\n[Hh][Oo][Ss][Tt]:[ \t]*([^\r\n]-)[ \t]*\r?\n'
+GH.host = function(o)
+  local h = o[13]
+  if h then return h.host end
+  local text, after = o[6], o[7]
+  local stop = find(text, '\n\r?\n', after - 1)
+  local a, z, v = find(text, HOST, after - 1)
+  if not a or (stop and a >= stop) then return nil end
+  local a2 = find(text, HOST, z)
+  local c = byte(text, z + 1)
+  if (a2 and not (stop and a2 >= stop)) or c == 32 or c == 9 then return parse_headers(o).host end
+  return v
+end
 GH.user_agent = header('user-agent')
 GH.content_type = header('content-type')
 GH.content_length = function(o)
@@ -275,13 +305,17 @@ end
 local GS = {}
 local TLS = R.kind('tls', GS, {}, 6, function(o) return o[4], o[5] end)
 
+local TLSmt = TLS.mt
 layers.tls = function(t)
-  local o, s, e = app_region(t)
-  if not o or o[3] ~= TCP or e - s < 11 then return nil end
+  local o = t[5].tcp
+  if o == nil then o = tcp_of(t) end
+  if not o then return nil end
+  local s, e = o[4] + o[5], o[6]
+  if e - s < 11 then return nil end
   local b, base = t[1], t[2]
-  local ct, major, minor = byte(b, base + s + 1, base + s + 3)
-  if ct ~= 22 or major ~= 3 or minor > 4 or byte(b, base + s + 6) ~= 1 then return nil end
-  return adopt(t, setmetatable({ t, t[5], TLS, s, e, false }, TLS.mt))
+  local ct, major, minor, _, _, hs = byte(b, base + s + 1, base + s + 6)
+  if ct ~= 22 or major ~= 3 or minor > 4 or hs ~= 1 then return nil end
+  return adopt(t, setmetatable({ t, t[5], TLS, s, e, false }, TLSmt))
 end
 
 -- Decodes as much of the ClientHello as this segment holds.

@@ -36,7 +36,7 @@ end
 -- The decoded layer k of packet t (false when absent), through the packet's layer cache.
 local function layer(t, k)
   local c = t[5]
-  if not c then c = {}; t[5] = c end
+  if not c then c = { ip = nil, tcp = nil, udp = nil, payload = nil }; t[5] = c end -- presized, as in packet.lua
   local v = c[k]
   if v == nil then
     v = layers[k](t) or false
@@ -213,9 +213,18 @@ end
 R.want_bool = want_bool
 
 -- Addresses: text in RFC 5952 form for IPv6, memoised (bounded) because scripts compare them often.
+local memo4, memo4n = {}, 0
+local function ip4text(key, a1, a2, a3, a4)
+  local s = format('%d.%d.%d.%d', a1, a2, a3, a4)
+  if memo4n >= 4096 then memo4, memo4n = {}, 0 end
+  memo4[key] = s
+  memo4n = memo4n + 1
+  return s
+end
 local function ip4str(b, p)
   local a1, a2, a3, a4 = byte(b, p, p + 3)
-  return format('%d.%d.%d.%d', a1, a2, a3, a4)
+  local key = a1 << 24 | a2 << 16 | a3 << 8 | a4
+  return memo4[key] or ip4text(key, a1, a2, a3, a4)
 end
 R.ip4str = ip4str
 
@@ -351,56 +360,61 @@ local IP4 = R.kind('ip', G4, S4, 11, ip_region)
 local IP6 = R.kind('ip', G6, S6, 11, ip_region)
 R.kinds.ip = nil -- 'ip' is either kind; proto-define knows both
 R.IP4, R.IP6 = IP4, IP6
+local IP4mt, IP6mt = IP4.mt, IP6.mt
 IP4.describe = function(o) return format('pkt.ip (IPv4, header %d bytes, protocol %d)', o[5], o[7]) end
 IP6.describe = function(o) return format('pkt.ip (IPv6, protocol %d)', o[7]) end
 
 local function dec_ip(t)
   local b, base, len = t[1], t[2], t[3]
   if len < 20 then return nil end
-  local v0 = byte(b, base + 1)
+  local c = t[5]
+  local v0, x1, l1, l2, x4, x5, f1, f2, hop, pr = byte(b, base + 1, base + 10)
   local ver = v0 >> 4
+  local o
   if ver == 4 then
     local hl = (v0 & 15) << 2
     if hl < 20 or hl > len then return nil end
-    local tl = u16(b, base + 3)
-    local iend, ok = len, true
+    local tl = l1 << 8 | l2
+    local iend, ok, frag = len, true, false
     if tl < len then
       if tl >= hl then iend = tl elseif tl ~= 0 then ok = false end -- 0: TSO/GSO, length unset
     end
-    local fo = u16(b, base + 7)
-    local frag = fo & 0x3fff ~= 0
-    if fo & 0x1fff ~= 0 then ok = false end
-    return adopt(t, setmetatable({ t, t[5], IP4, 4, hl, hl, byte(b, base + 10), iend, ok, false, frag }, IP4.mt))
+    if f1 & 0x3f | f2 ~= 0 then
+      frag = true
+      if f1 & 0x1f | f2 ~= 0 then ok = false end   -- not the first fragment
+    end
+    o = setmetatable({ t, c, IP4, 4, hl, hl, pr, iend, ok, false, frag }, IP4mt)
   elseif ver == 6 then
     if len < 40 then return nil end
-    local pl = u16(b, base + 5)
+    local pl = x4 << 8 | x5
     local iend = len
     if pl ~= 0 and pl + 40 < len then iend = pl + 40 end
-    local nh, off, ok, fh, frag = byte(b, base + 7), 40, true, false, false
-    while true do
-      if nh == 0 or nh == 43 or nh == 60 or nh == 51 then
-        if off + 8 > iend then ok = false; break end
-        local hlen
-        if nh == 51 then hlen = (byte(b, base + off + 2) + 2) << 2 else hlen = (byte(b, base + off + 2) + 1) << 3 end
-        if off + hlen > iend then ok = false; break end
-        nh = byte(b, base + off + 1)
-        off = off + hlen
-      elseif nh == 44 then
-        if off + 8 > iend or fh then ok = false; break end
+    local nh, off, ok, fh, frag = f1, 40, true, false, false
+    while nh == 0 or nh == 43 or nh == 60 or nh == 51 or nh == 44 do
+      if off + 8 > iend then ok = false; break end
+      local n0, n1, n2, n3 = byte(b, base + off + 1, base + off + 4)
+      if nh == 44 then
+        if fh then ok = false; break end
         fh = off
-        local fo = u16(b, base + off + 3)
-        if fo & 0xfff8 ~= 0 then ok = false end
+        local fo = n2 << 8 | n3
         if fo & 0xfff9 ~= 0 then frag = true end
-        nh = byte(b, base + off + 1)
+        nh = n0
         off = off + 8
-        if not ok then break end
+        if fo & 0xfff8 ~= 0 then ok = false; break end   -- not the first fragment
       else
-        break
+        local hlen
+        if nh == 51 then hlen = (n1 + 2) << 2 else hlen = (n1 + 1) << 3 end
+        if off + hlen > iend then ok = false; break end
+        nh = n0
+        off = off + hlen
       end
     end
-    return adopt(t, setmetatable({ t, t[5], IP6, 6, 40, off, nh, iend, ok, fh, frag }, IP6.mt))
+    o = setmetatable({ t, c, IP6, 6, 40, off, nh, iend, ok, fh, frag }, IP6mt)
+  else
+    return nil
   end
-  return nil
+  if c[PREV] == nil then return o end
+  return adopt(t, o)
 end
 layers.ip = dec_ip
 layers.ip4 = function(t) local ip = layer(t, 'ip'); return ip and ip[4] == 4 and ip or nil end
@@ -412,8 +426,8 @@ G4.hdr_len = function(o) return o[5] end
 G4.dsfield = function(o, b, base) return byte(b, base + 2) end
 G4.dscp = function(o, b, base) return byte(b, base + 2) >> 2 end
 G4.ecn = function(o, b, base) return byte(b, base + 2) & 3 end
-G4.len = function(o, b, base) return u16(b, base + 3) end
-G4.id = function(o, b, base) return u16(b, base + 5) end
+G4.len = function(o, b, base) local x, y = byte(b, base + 3, base + 4); return x << 8 | y end
+G4.id = function(o, b, base) local x, y = byte(b, base + 5, base + 6); return x << 8 | y end
 G4.flags = function(o, b, base) return byte(b, base + 7) >> 5 end
 G4.rb = function(o, b, base) return byte(b, base + 7) & 0x80 ~= 0 end
 G4.df = function(o, b, base) return byte(b, base + 7) & 0x40 ~= 0 end
@@ -422,8 +436,16 @@ G4.frag_offset = function(o, b, base) return u16(b, base + 7) & 0x1fff end
 G4.ttl = function(o, b, base) return byte(b, base + 9) end
 G4.proto = function(o) return o[7] end
 G4.checksum = function(o, b, base) return u16(b, base + 11) end
-G4.src = function(o, b, base) return ip4str(b, base + 13) end
-G4.dst = function(o, b, base) return ip4str(b, base + 17) end
+G4.src = function(o, b, base)
+  local a1, a2, a3, a4 = byte(b, base + 13, base + 16)
+  local key = a1 << 24 | a2 << 16 | a3 << 8 | a4
+  return memo4[key] or ip4text(key, a1, a2, a3, a4)
+end
+G4.dst = function(o, b, base)
+  local a1, a2, a3, a4 = byte(b, base + 17, base + 20)
+  local key = a1 << 24 | a2 << 16 | a3 << 8 | a4
+  return memo4[key] or ip4text(key, a1, a2, a3, a4)
+end
 G4.options = function(o, b, base) return sub(b, base + 21, base + o[5]) end
 
 local function set_addr4(off, what)
@@ -509,37 +531,44 @@ S6.df = function() error('pkt.ip.df: IPv6 has no DF flag', 3) end
 
 -- ---------------------------------------------------------------- transport
 
--- The transport header offset and the IP end when the packet's transport is `proto`.
-local function transport(t, proto, family)
-  local ip = layer(t, 'ip')
-  if not ip or ip[7] ~= proto or not ip[9] then return nil end
-  if family and ip[4] ~= family then return nil end
-  return ip[6], ip[8]
+-- The ip object of t (decoding it if needed), false when t is no IP packet.
+local function ip_of(t)
+  local ip = t[5].ip
+  if ip == nil then ip = layer(t, 'ip') end
+  return ip
 end
+R.ip_of = ip_of
 
 -- TCP: [4] header offset, [5] header length, [6] IP end
 local GT, ST = {}, {}
 local TCP = R.kind('tcp', GT, ST, 6, function(o) return o[4] + o[5], o[6] end)
 
+local TCPmt = TCP.mt
 layers.tcp = function(t)
-  local l4, iend = transport(t, 6)
-  if not l4 or l4 + 20 > iend then return nil end
+  local c = t[5]
+  local ip = c.ip
+  if ip == nil then ip = layer(t, 'ip') end
+  if not ip or ip[7] ~= 6 or not ip[9] then return nil end
+  local l4, iend = ip[6], ip[8]
+  if l4 + 20 > iend then return nil end
   local hl = (byte(t[1], t[2] + l4 + 13) >> 4) << 2
   if hl < 20 or l4 + hl > iend then return nil end
-  return adopt(t, setmetatable({ t, t[5], TCP, l4, hl, iend }, TCP.mt))
+  local o = setmetatable({ t, c, TCP, l4, hl, iend }, TCPmt)
+  if c[PREV] == nil then return o end
+  return adopt(t, o)
 end
 
-GT.srcport = function(o, b, base) return u16(b, base + o[4] + 1) end
-GT.dstport = function(o, b, base) return u16(b, base + o[4] + 3) end
+GT.srcport = function(o, b, base) local p = base + o[4]; local x, y = byte(b, p + 1, p + 2); return x << 8 | y end
+GT.dstport = function(o, b, base) local p = base + o[4]; local x, y = byte(b, p + 3, p + 4); return x << 8 | y end
 GT.sport, GT.dport = GT.srcport, GT.dstport
-GT.seq = function(o, b, base) return u32(b, base + o[4] + 5) end
-GT.ack = function(o, b, base) return u32(b, base + o[4] + 9) end
+GT.seq = function(o, b, base) local p = base + o[4]; local w, x, y, z = byte(b, p + 5, p + 8); return w << 24 | x << 16 | y << 8 | z end
+GT.ack = function(o, b, base) local p = base + o[4]; local w, x, y, z = byte(b, p + 9, p + 12); return w << 24 | x << 16 | y << 8 | z end
 GT.hdr_len = function(o) return o[5] end
-GT.flags = function(o, b, base) return u16(b, base + o[4] + 13) & 0xfff end
+GT.flags = function(o, b, base) local p = base + o[4]; local x, y = byte(b, p + 13, p + 14); return (x & 15) << 8 | y end
 local FLAG_BITS = { fin = 0x01, syn = 0x02, rst = 0x04, psh = 0x08, ack_flag = 0x10, urg = 0x20,
                     ece = 0x40, cwr = 0x80, ae = 0x100, ns = 0x100 }
 for name, bit in next, FLAG_BITS do
-  GT[name] = function(o, b, base) return u16(b, base + o[4] + 13) & bit ~= 0 end
+  GT[name] = function(o, b, base) local p = base + o[4]; local x, y = byte(b, p + 13, p + 14); return (x << 8 | y) & bit ~= 0 end
   ST[name] = function(o, v, t)
     want_bool('pkt.tcp.' .. name, v)
     local p = o[4] + 12
@@ -579,9 +608,9 @@ GT.options = function(o, b, base)
   local e = base + o[4] + o[5]
   while p <= e do
     local k = byte(b, p)
-    if k == 0 or k == 1 then
-      n = n + 1; list[n] = { kind = k, data = '' }
-      if k == 0 then break end
+    if k == 0 then break end                       -- EOL ends the list (as in Wireshark)
+    if k == 1 then
+      n = n + 1; list[n] = { kind = 1, data = '' }
       p = p + 1
     else
       if p + 1 > e then break end
@@ -654,13 +683,21 @@ end
 local GU, SU = {}, {}
 local UDP = R.kind('udp', GU, SU, 5, function(o) return o[4] + 8, o[5] end)
 
+local UDPmt = UDP.mt
 layers.udp = function(t)
-  local l4, iend = transport(t, 17)
-  if not l4 or l4 + 8 > iend then return nil end
-  local ul = u16(t[1], t[2] + l4 + 5)
+  local c = t[5]
+  local ip = c.ip
+  if ip == nil then ip = layer(t, 'ip') end
+  if not ip or ip[7] ~= 17 or not ip[9] then return nil end
+  local l4, iend = ip[6], ip[8]
+  if l4 + 8 > iend then return nil end
+  local x, y = byte(t[1], t[2] + l4 + 5, t[2] + l4 + 6)
+  local ul = x << 8 | y
   local uend = iend
   if ul >= 8 and l4 + ul < iend then uend = l4 + ul end
-  return adopt(t, setmetatable({ t, t[5], UDP, l4, uend }, UDP.mt))
+  local o = setmetatable({ t, c, UDP, l4, uend }, UDPmt)
+  if c[PREV] == nil then return o end
+  return adopt(t, o)
 end
 
 GU.srcport = GT.srcport
@@ -717,15 +754,94 @@ end
 local ICMP = icmp_kind('icmp', { [0] = true, [8] = true }, 3, false)
 local ICMP6 = icmp_kind('icmp6', { [128] = true, [129] = true }, 2, true)
 
-layers.icmp = function(t)
-  local l4, iend = transport(t, 1, 4)
-  if not l4 or l4 + 4 > iend then return nil end
-  return adopt(t, setmetatable({ t, t[5], ICMP, l4, iend }, ICMP.mt))
+local function icmp_decoder(proto, family, K)
+  local mt = K.mt
+  return function(t)
+    local ip = ip_of(t)
+    if not ip or ip[7] ~= proto or not ip[9] or ip[4] ~= family then return nil end
+    local l4, iend = ip[6], ip[8]
+    if l4 + 4 > iend then return nil end
+    local c = t[5]
+    local o = setmetatable({ t, c, K, l4, iend }, mt)
+    if c[PREV] == nil then return o end
+    return adopt(t, o)
+  end
 end
-layers.icmp6 = function(t)
-  local l4, iend = transport(t, 58, 6)
-  if not l4 or l4 + 4 > iend then return nil end
-  return adopt(t, setmetatable({ t, t[5], ICMP6, l4, iend }, ICMP6.mt))
+layers.icmp = icmp_decoder(1, 4, ICMP)
+layers.icmp6 = icmp_decoder(58, 6, ICMP6)
+
+-- The fields scripts read on most packets, read inline by __index (no getter call): the same
+-- values as the getters above. Anything else, and dead or stale objects, take the general path.
+do
+  local generic4, generic6, genericT, genericU = IP4mt.__index, IP6mt.__index, TCPmt.__index, UDPmt.__index
+  IP4mt.__index = function(o, k)
+    local t = o[1]
+    local b = t[1]
+    if b == nil or t[5] ~= o[2] then return generic4(o, k) end
+    local base = t[2]
+    if k == 'src' or k == 'dst' then
+      local p = k == 'src' and base + 13 or base + 17
+      local a1, a2, a3, a4 = byte(b, p, p + 3)
+      local key = a1 << 24 | a2 << 16 | a3 << 8 | a4
+      return memo4[key] or ip4text(key, a1, a2, a3, a4)
+    elseif k == 'ttl' then return byte(b, base + 9)
+    elseif k == 'proto' then return o[7]
+    end
+    local g = G4[k]
+    if g == nil then return nil end
+    return g(o, b, base)
+  end
+  IP6mt.__index = function(o, k)
+    local t = o[1]
+    local b = t[1]
+    if b == nil or t[5] ~= o[2] then return generic6(o, k) end
+    local base = t[2]
+    if k == 'src' then return ip6str(b, base + 9)
+    elseif k == 'dst' then return ip6str(b, base + 25)
+    elseif k == 'ttl' then return byte(b, base + 8)
+    elseif k == 'proto' then return o[7]
+    end
+    local g = G6[k]
+    if g == nil then return nil end
+    return g(o, b, base)
+  end
+  TCPmt.__index = function(o, k)
+    local t = o[1]
+    local b = t[1]
+    if b == nil or t[5] ~= o[2] then return genericT(o, k) end
+    local base = t[2]
+    if k == 'dstport' or k == 'dport' then
+      local p = base + o[4]
+      local x, y = byte(b, p + 3, p + 4)
+      return x << 8 | y
+    elseif k == 'srcport' or k == 'sport' then
+      local p = base + o[4]
+      local x, y = byte(b, p + 1, p + 2)
+      return x << 8 | y
+    elseif k == 'syn' then return byte(b, base + o[4] + 14) & 2 ~= 0
+    end
+    local g = GT[k]
+    if g == nil then return nil end
+    return g(o, b, base)
+  end
+  UDPmt.__index = function(o, k)
+    local t = o[1]
+    local b = t[1]
+    if b == nil or t[5] ~= o[2] then return genericU(o, k) end
+    local base = t[2]
+    if k == 'dstport' or k == 'dport' then
+      local p = base + o[4]
+      local x, y = byte(b, p + 3, p + 4)
+      return x << 8 | y
+    elseif k == 'srcport' or k == 'sport' then
+      local p = base + o[4]
+      local x, y = byte(b, p + 1, p + 2)
+      return x << 8 | y
+    end
+    local g = GU[k]
+    if g == nil then return nil end
+    return g(o, b, base)
+  end
 end
 
 -- The transport object of a packet (tcp, udp, icmp or icmp6), or nil.

@@ -40,7 +40,7 @@ const engineNames = (values.engines ? values.engines.split(',') : [...ENGINES]) 
 const known: string[] = [...ENGINES, ...EXTRA_ENGINES]
 for (const e of engineNames) if (!known.includes(e)) throw new Error(`unknown engine ${e}; engines: ${known.join(', ')}`)
 /** The order of a round: the pairs compared most (native/psd) side by side. */
-const ORDER: EngineName[] = ['native', 'psd', 'native-hook', 'psd-unmetered', 'psd-fuel-only', 'js', 'wasmoon-hl', 'baseline']
+const ORDER: EngineName[] = ['native', 'psd', 'native-hook', 'psd-unmetered', 'psd-fuel-only', 'js', 'wasmoon-hl', 'wasmoon-hl-hex', 'baseline']
 const order = ORDER.filter((e) => engineNames.includes(e))
 
 const pcap = join(tmpdir(), `psd-compare-${N}-s${seed}.pcap`)
@@ -71,7 +71,7 @@ log(`verdicts: all ${order.length} engines agree on every packet for ${filters.j
 // ---- warm-up
 for (const [f, m] of engines) {
   for (const e of m.values()) {
-    for (let i = 0; i < (e.name === 'wasmoon-hl' ? Math.min(1, warmup) : warmup); i++) {
+    for (let i = 0; i < (e.name.startsWith('wasmoon-hl') ? Math.min(1, warmup) : warmup); i++) {
       const r = await e.pass()
       if (i === 0) expected.set(f, { accepted: r.accepted, dropped: r.dropped })
     }
@@ -112,6 +112,7 @@ const RATIOS: [EngineName, EngineName, string][] = [
   ['psd-fuel-only', 'psd-unmetered', 'psd fuel only / psd unmetered: the fuel hook'],
   ['wasmoon-hl', 'psd-unmetered', 'wasmoon high-level / psd unmetered (the same work)'],
   ['wasmoon-hl', 'psd', 'wasmoon high-level / psd (target >= 10)'],
+  ['wasmoon-hl-hex', 'psd', 'wasmoon high-level, packet as hex / psd'],
   ['psd', 'js', 'psd / plain JS: the cost of the sandbox, all in'],
   ['native', 'js', 'native Lua / plain JS'],
 ]

@@ -36,8 +36,9 @@ export type FilterName = typeof FILTERS[number]
 export const filterPath = (name: string): string => name.endsWith('.lua') ? name : join(ROOT, 'bench', 'compare', 'filters', `${name}.lua`)
 export const ENGINES = ['native', 'native-hook', 'psd', 'psd-unmetered', 'wasmoon-hl', 'js'] as const
 /** Further engines, on request: psd with the fuel hook but no memory accounting (where the budgets'
- *  cost goes), and the loop with no VM at all (psd bench's baseline). */
-export const EXTRA_ENGINES = ['psd-fuel-only', 'baseline'] as const
+ *  cost goes), the loop with no VM at all (psd bench's baseline), and wasmoon's high-level API
+ *  with the packet sent as hex (the obvious binary-safe way; WasmoonHl). */
+export const EXTRA_ENGINES = ['psd-fuel-only', 'baseline', 'wasmoon-hl-hex'] as const
 export type EngineName = typeof ENGINES[number] | typeof EXTRA_ENGINES[number]
 /** lua5.4, or what PSD_LUA names. */
 export const LUA = process.env.PSD_LUA ?? 'lua5.4'
@@ -53,7 +54,7 @@ export function preludeFiles(): string[] {
 /** The commit measured, and the files of the engine (wasm/, src/) that differ from it: the
  *  benchmarks run the working tree, so a figure says what it ran. */
 export function sourceState(): { commit: string; modified: string[] } {
-  const git = (...a: string[]) => { try { return execFileSync('git', ['-C', ROOT, ...a], { encoding: 'utf8' }).trim() } catch { return '' } }
+  const git = (...a: string[]) => { try { return execFileSync('git', ['-C', ROOT, ...a], { encoding: 'utf8' }).trimEnd() } catch { return '' } }
   const modified = git('status', '--porcelain', '--', 'wasm', 'src').split('\n').filter(Boolean).map((l) => l.slice(3))
   return { commit: git('rev-parse', '--short', 'HEAD') || 'unknown', modified }
 }
@@ -215,28 +216,35 @@ export class Js extends InProcess {
  * string.char(utf8.codepoint(s, 1, -1)): two C calls, no Lua loop over the bytes.
  */
 export class WasmoonHl extends InProcess {
-  private constructor(filter: string, p: Packets, private call: (s: string) => unknown, private enc: string[] | null) { super('wasmoon-hl', filter, p) }
-  static async create(filter: string, p: Packets, opts: { preEncode?: boolean } = {}): Promise<WasmoonHl> {
+  private constructor(filter: string, p: Packets, private call: (s: string) => unknown, private encode: (b: Buffer) => string, hex: boolean) {
+    super(hex ? 'wasmoon-hl-hex' : 'wasmoon-hl', filter, p)
+  }
+  static async create(filter: string, p: Packets, opts: { hex?: boolean } = {}): Promise<WasmoonHl> {
     const lua = await new LuaFactory().createEngine()
     await lua.doString(readFileSync(join(ROOT, 'bench', 'compare', 'shim.lua'), 'utf8'))
     await lua.doString(`
-      function psd_setup_hl(script_source, script_name, ...)
+      function psd_setup_hl(hex, script_source, script_name, ...)
         local prelude, n = {}, select('#', ...)
         for i = 1, n, 2 do prelude[#prelude + 1] = { (select(i, ...)), (select(i + 1, ...)) } end
         local record = psd_setup(prelude, script_source, script_name, {}).record
-        local char, codepoint, gsub = string.char, utf8.codepoint, string.gsub
+        local char, codepoint, gsub, format = string.char, utf8.codepoint, string.gsub, string.format
+        if hex then
+          local bytes = {}
+          for i = 0, 255 do bytes[format('%02x', i)] = char(i) end
+          return function(s) return record((gsub(s, '%x%x', bytes))) end
+        end
         return function(s) return record(char(codepoint(gsub(s, '\\196\\128', '\\0'), 1, -1))) end
       end`)
-    const setup = lua.global.get('psd_setup_hl') as (...a: string[]) => (s: string) => unknown
+    const setup = lua.global.get('psd_setup_hl') as (hex: boolean, ...a: string[]) => (s: string) => unknown
     const script = filterPath(filter)
     const prelude = preludeFiles().flatMap((f) => [f, readFileSync(join(ROOT, 'wasm', 'lua', f), 'utf8')])
-    const call = setup(readFileSync(script, 'utf8'), script, ...prelude)
+    const call = setup(opts.hex === true, readFileSync(script, 'utf8'), script, ...prelude)
     if (typeof call !== 'function') throw new Error('wasmoon: psd_setup_hl did not return a function')
-    return new WasmoonHl(filter, p, call, opts.preEncode ? p.records.map(encode) : null)
+    return new WasmoonHl(filter, p, call, opts.hex ? (b) => b.toString('hex') : encode, opts.hex === true)
   }
   protected run(): void {
-    const { call, v, enc } = this, recs = this.p.records
-    for (let i = 0; i < recs.length; i++) v[i] = Number(call(enc ? enc[i] : encode(recs[i])) ?? -1)
+    const { call, v, encode } = this, recs = this.p.records
+    for (let i = 0; i < recs.length; i++) v[i] = Number(call(encode(recs[i])) ?? -1)
   }
 }
 
@@ -301,6 +309,7 @@ export async function createEngine(name: EngineName, filter: string, p: Packets)
     case 'native': return Native.create(filter, p, false)
     case 'native-hook': return Native.create(filter, p, true)
     case 'wasmoon-hl': return WasmoonHl.create(filter, p)
+    case 'wasmoon-hl-hex': return WasmoonHl.create(filter, p, { hex: true })
     case 'js': return new Js(filter, p)
   }
 }

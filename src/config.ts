@@ -15,6 +15,12 @@ export interface TenantConfig {
   send: boolean
   entry?: string
   workers: number
+  /** Per tenant, overriding --queue-maxlen / --fail-open for its queues (absent: the command line's). */
+  queueMaxlen?: number
+  failOpen?: boolean
+  /** Where `psd rules` sends the tenant's traffic from: iptables chain and match (default INPUT, all). */
+  chain?: string
+  match?: string
 }
 
 export interface Config {
@@ -78,7 +84,22 @@ export function parseFault(v: unknown, what: string): FaultPolicy {
   throw new ConfigError(`${what}: expected "accept" or "drop", got ${JSON.stringify(v)}`)
 }
 
-const TENANT_KEYS = new Set(['name', 'script', 'queue', 'queues', 'fuel', 'memory', 'timeout_ms', 'on_fault', 'send', 'function', 'workers'])
+const TENANT_KEYS = new Set(['name', 'script', 'queue', 'queues', 'fuel', 'memory', 'timeout_ms', 'on_fault', 'send', 'function', 'workers',
+  'queue_maxlen', 'fail_open', 'chain', 'match'])
+
+/** iptables chains psd's rules may go into (built-in chains of the mangle/filter tables). */
+export const CHAINS = ['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING']
+
+export function parseChain(v: unknown, what: string): string {
+  if (typeof v === 'string' && CHAINS.includes(v.toUpperCase())) return v.toUpperCase()
+  throw new ConfigError(`${what}: expected one of ${CHAINS.join(', ')}, got ${JSON.stringify(v)}`)
+}
+
+/** iptables match arguments ("-p udp --dport 53"): printed into shell commands, so no shell syntax. */
+export function parseMatch(v: unknown, what: string): string {
+  if (typeof v === 'string' && /^[A-Za-z0-9 _.,:\/!+=-]*$/.test(v) && !/(^|\s)-j(\s|$)|--jump|--goto|(^|\s)-g(\s|$)/.test(v)) return v.trim().replace(/\s+/g, ' ')
+  throw new ConfigError(`${what}: expected iptables match arguments such as "-p udp --dport 53" (letters, digits, spaces and - _ . , : / ! + = only, no -j), got ${JSON.stringify(v)}`)
+}
 const TOP_KEYS = new Set(['tenants', 'metrics', 'control'])
 
 /** Reads and validates a config file. Script paths are taken relative to the config file's folder. */
@@ -120,6 +141,13 @@ export function parseConfig(raw: unknown, path: string, resolveScript: (p: strin
       entry: r.function as string | undefined,
       workers: r.workers !== undefined ? parseCount(r.workers, `${where}.workers`, 1, 64) : 1,
     }
+    if (r.queue_maxlen !== undefined) tc.queueMaxlen = parseCount(r.queue_maxlen, `${where}.queue_maxlen`, 1, 65536)
+    if (r.fail_open !== undefined) {
+      if (typeof r.fail_open !== 'boolean') throw new ConfigError(`${where}.fail_open: expected true or false`)
+      tc.failOpen = r.fail_open
+    }
+    if (r.chain !== undefined) tc.chain = parseChain(r.chain, `${where}.chain`)
+    if (r.match !== undefined) tc.match = parseMatch(r.match, `${where}.match`)
     if (tc.memory < 1 << 20 || tc.memory > 1 << 30) throw new ConfigError(`${where}.memory: must be between 1MiB and 1GiB`)
     return tc
   })

@@ -37,7 +37,7 @@ export type FaultKind = 'fuel' | 'memory' | 'time' | 'error' | 'crash' | 'verdic
 export const FAULT_KINDS: (FaultKind | null)[] = [null, 'fuel', 'memory', 'time', 'error', 'crash', 'verdict']
 const F_FUEL = 1, F_MEMORY = 2, F_TIME = 3, F_ERROR = 4, F_CRASH = 5, F_VERDICT = 6
 
-const PRELUDE = ['packet.lua', 'lib.lua', 'proto-ip.lua', 'proto-app.lua', 'proto-define.lua', 'services.lua', 'sandbox.lua']
+const PRELUDE = ['packet.lua', 'lib.lua', 'proto-ip.lua', 'proto-app.lua', 'proto-define.lua', 'services.lua', 'state.lua', 'sandbox.lua']
 const luaDir = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'wasm', 'lua')
 
 export interface HostServices {
@@ -401,6 +401,7 @@ export class LuaVM {
       return 1
     })
     this.registerServices()
+    this.registerState()
   }
 
   /** The offline clock is the current packet's capture timestamp. */

@@ -8,6 +8,8 @@ import { CaptureError } from '../pcap/reader.js'
 import { runOffline } from '../offline/run.js'
 import { runCheck } from './check.js'
 import { runBench } from './bench.js'
+import { runCtl } from './ctl.js'
+import { runRules } from './rules.js'
 
 export async function main(argv: string[]): Promise<number> {
   let values: RunValues, positionals: string[]
@@ -29,6 +31,8 @@ export async function main(argv: string[]): Promise<number> {
       if (positionals.length > 1) return usage(`bench: unexpected argument "${positionals[1]}"`)
       return await runBench(values)
     }
+    if (command === 'ctl') return await runCtl(positionals.slice(1), values)
+    if (command === 'rules') return runRules(positionals.slice(1), values)
     if (command !== undefined) return usage(`unknown command "${command}"`)
     return await run(values, log)
   } catch (e) {

@@ -1,7 +1,7 @@
 // Command-line parsing (node:util parseArgs) into tenant configs. Wrong usage is a UsageError
 // (exit status 2); a bad value names the option.
 import { parseArgs } from 'node:util'
-import { DEFAULTS, ConfigError, parseCount, parseSize, parseQueues, parseFault, type TenantConfig } from '../config.js'
+import { DEFAULTS, ConfigError, parseCount, parseSize, parseQueues, parseFault, parseChain, parseMatch, type TenantConfig } from '../config.js'
 
 export class UsageError extends Error {}
 
@@ -27,6 +27,11 @@ export const RUN_OPTIONS = {
   'log-format': { type: 'string' },
   'log-level': { type: 'string' },
   socket: { type: 'string' },
+  control: { type: 'string' },
+  name: { type: 'string' },
+  workers: { type: 'string' },
+  chain: { type: 'string' },
+  match: { type: 'string' },
   json: { type: 'boolean' },
   time: { type: 'string' },
   batch: { type: 'string' },
@@ -59,8 +64,10 @@ export function tenantFromOptions(v: RunValues): TenantConfig {
     if (entry !== undefined && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(entry)) throw new UsageError(`--function: "${entry}" is not a Lua function name`)
     const memory = v.memory !== undefined ? parseSize(v.memory, '--memory') : DEFAULTS.memory
     if (memory < 1 << 20 || memory > 1 << 30) throw new UsageError('--memory: must be between 1MiB and 1GiB')
-    return {
-      name: 'default',
+    const name = v.name ?? 'default'
+    if (!/^[A-Za-z0-9_.-]{1,64}$/.test(name)) throw new UsageError(`--name: expected 1-64 letters, digits, _ . or -, got "${name}"`)
+    const tc: TenantConfig = {
+      name,
       script: v.script!,
       queues: v.queues !== undefined ? parseQueues(v.queues, '--queues') : v.queue !== undefined ? parseQueues(v.queue, '--queue') : [DEFAULTS.queue],
       fuel: v.fuel !== undefined ? parseCount(v.fuel, '--fuel', 100, 1e12) : DEFAULTS.fuel,
@@ -69,7 +76,10 @@ export function tenantFromOptions(v: RunValues): TenantConfig {
       onFault: v['on-fault'] !== undefined ? parseFault(v['on-fault'], '--on-fault') : DEFAULTS.onFault,
       send: v['allow-send'] === true,
       entry,
-      workers: 1,
+      workers: v.workers !== undefined ? parseCount(v.workers, '--workers', 1, 64) : 1,
     }
+    if (v.chain !== undefined) tc.chain = parseChain(v.chain, '--chain')
+    if (v.match !== undefined) tc.match = parseMatch(v.match, '--match')
+    return tc
   })
 }

@@ -158,6 +158,39 @@ export class Tenant {
       this.log.warn(`${vm.deferredPending} deferred calls still waiting after 100 rounds were dropped`)
     }
   }
+  // ---- reload (API.md section 8; driven by src/ops/tenants.ts)
+
+  /**
+   * First half of a reload, on the old tenant: runs the deferred calls still waiting, then
+   * on_stop, and returns its result written out inside the VM (wasm/lua/state.lua), or null.
+   * The VM stays open, so a reload that fails after this leaves this tenant running.
+   * Throws LoadError when on_stop faults or returns what cannot be handed over.
+   */
+  async handOff(): Promise<Uint8Array | null> {
+    if (!this.vm) return null
+    this.drainDeferred()
+    return this.vm.stopWithState()
+  }
+
+  /** Second half, on the new tenant: on_reload(old_state) with the old tenant's handOff(). Throws LoadError. */
+  async takeOver(state: Uint8Array | null): Promise<void> {
+    this.vm!.startWithState(state)
+    await this.afterBatch()
+  }
+
+  /** Closes a tenant whose on_stop already ran in handOff(). */
+  retire(): void {
+    this.pump?.disarm()
+    this.pump = null
+    this.vm?.close()
+    this.vm = null
+    this.services.close()
+  }
+
+  /** Instructions each packet used, in BatchOutput.fuel after run() (for the fuel histogram). */
+  measureFuel(on = true): void {
+    if (this.vm) this.vm.measureFuel = on
+  }
 }
 
 export interface TenantServicesOptions extends ServicesOptions {

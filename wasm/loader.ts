@@ -5,6 +5,9 @@
 // instantiating its emscripten module, then drive the exported lua_* functions directly.
 // The memory section is patched so one instance can never grow past its tenant's cap.
 import { LuaFactory } from 'wasmoon'
+import { readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
 
 export interface RawExports {
   memory: WebAssembly.Memory
@@ -71,6 +74,38 @@ export function patchMemoryMax(bytes: Uint8Array, maxPages: number): Uint8Array 
   throw new Error('wasm module has no memory section')
 }
 
+function pagesFor(maxBytes: number): number {
+  return Math.max(64, Math.min(32768, Math.ceil(maxBytes / PAGE)))
+}
+
+function wasmoonBytes(): Uint8Array {
+  if (!originalBytes) {
+    const main = createRequire(import.meta.url).resolve('wasmoon')
+    originalBytes = new Uint8Array(readFileSync(join(dirname(main), 'glue.wasm')))
+  }
+  return originalBytes
+}
+
+/**
+ * The Lua wasm compiled with its memory capped at maxBytes (cached per cap). The main thread
+ * compiles it once and hands it to every worker (a WebAssembly.Module crosses threads without
+ * a copy of its code), so a new worker instantiates in milliseconds.
+ */
+export async function compileLuaWasm(maxBytes: number): Promise<WebAssembly.Module> {
+  const maxPages = pagesFor(maxBytes)
+  let mod = compiled.get(maxPages)
+  if (!mod) {
+    mod = await WebAssembly.compile(patchMemoryMax(wasmoonBytes(), maxPages) as Uint8Array<ArrayBuffer>)
+    compiled.set(maxPages, mod)
+  }
+  return mod
+}
+
+/** Gives this thread a module compiled elsewhere for that cap (see compileLuaWasm). */
+export function provideLuaWasm(maxBytes: number, mod: WebAssembly.Module): void {
+  compiled.set(pagesFor(maxBytes), mod)
+}
+
 /**
  * Creates a fresh wasm instance whose linear memory can never exceed maxBytes.
  * Instances are created one at a time because the capture swaps WebAssembly.instantiate.
@@ -82,7 +117,7 @@ export function loadLuaWasm(maxBytes: number): Promise<LuaWasm> {
 }
 
 async function instantiate(maxBytes: number): Promise<LuaWasm> {
-  const maxPages = Math.max(64, Math.min(32768, Math.ceil(maxBytes / PAGE)))
+  const maxPages = pagesFor(maxBytes)
   const original = WebAssembly.instantiate
   let ex: RawExports | undefined
   ;(WebAssembly as any).instantiate = async (source: any, imports: any) => {

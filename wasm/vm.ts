@@ -7,9 +7,11 @@
 //
 // Budgets live here too: fuel is a count hook (re-armed per call; once spent it fires on every
 // instruction so pcall cannot swallow it), memory is a byte cap counted by a JS allocator on
-// every allocation (plus the wasm memory's own maximum), time is checked by the same hook
-// between instructions. A runaway inside one C library call is beyond any hook: the worker
-// watchdog (src/) terminates the thread running this VM.
+// every allocation (plus the wasm memory's own maximum), time is checked by the same hook every
+// HOOK_PERIOD instructions and after every ALLOC_CHECK_BYTES allocated. Library calls that work
+// without allocating are charged fuel by the sandbox (H.charge). A runaway inside one C library
+// call is beyond any hook: the watchdog (src/engine/watchdog.ts) terminates the worker thread
+// running this VM; the VM shows it which call it is in through VmConfig.progress.
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { dirname, join } from 'node:path'
@@ -27,11 +29,37 @@ const SCRIPT_TOKEN = '<script>'
 const MAX_CHUNKNAME = 55
 /** Instructions between two looks at the clock while a call runs. */
 const HOOK_PERIOD = 10000
+/** Bytes a call may allocate between two looks at the clock: a big allocation means a big copy
+ *  inside one instruction (concatenation, string.rep, gsub ...), which counting instructions misses. */
+const ALLOC_CHECK_BYTES = 256 << 10
+/** Longest error message kept from a script, and longest log line (bytes); the rest is cut. */
+export const MAX_MESSAGE = 1024
+export const MAX_LOG_LINE = 4096
 /** Bytes above the script's cap that only the host's own pushes may use (never the script). */
 const HOST_HEADROOM = 1 << 20
 /** Wasm memory beyond the Lua cap: C stack, static data, staging buffer, allocator slack. */
 const WASM_OVERHEAD = 6 << 20
 export const MAX_BATCH_BYTES = 512 << 10
+/** The wasm memory's own maximum for a VM whose script may hold `memory` bytes. The byte cap
+ *  counts what Lua asks for; the allocator's headers and fragmentation come on top (half again
+ *  covers a heap of the smallest Lua objects), so the byte cap, not this one, is what a script meets. */
+export function wasmMemoryCap(memory: number): number {
+  return memory + Math.ceil(memory / 2) + HOST_HEADROOM + MAX_BATCH_BYTES + WASM_OVERHEAD
+}
+
+/** Slots of VmConfig.progress: how a watchdog in another thread sees which call the VM is in. */
+export const PROGRESS = {
+  /** +1 at the start of every call (packet, lifecycle, top level) */
+  calls: 0,
+  /** 1 while a call runs, 0 between calls */
+  inCall: 1,
+  /** packets of the current batch whose result is final */
+  done: 2,
+  /** the script line last seen running, and the value of `calls` when it was seen */
+  line: 3,
+  lineCall: 4,
+} as const
+export const PROGRESS_SLOTS = 5
 
 export type FaultKind = 'fuel' | 'memory' | 'time' | 'error' | 'crash' | 'verdict'
 export const FAULT_KINDS: (FaultKind | null)[] = [null, 'fuel', 'memory', 'time', 'error', 'crash', 'verdict']
@@ -75,6 +103,11 @@ export interface VmConfig {
   memory: number
   timeoutMs: number
   host: HostServices
+  /** Benchmarks only: `fuel: false` runs with no hook (no fuel, no clock checks), `memory: false`
+   *  with Lua's own allocator (no byte count, only the wasm memory's maximum). */
+  metering?: { fuel: boolean; memory: boolean }
+  /** Shared slots (PROGRESS) through which a watchdog in another thread follows the calls. */
+  progress?: Int32Array
 }
 
 /** A script that does not load: the message names the file and, where known, the line. */
@@ -108,11 +141,16 @@ export class LuaVM {
   private dv!: DataView
   // budgets
   private readonly fuel: number
-  private readonly timeoutNs: bigint
+  private readonly timeoutMs: number
+  private readonly metered: boolean
+  private readonly meterMemory: boolean
+  private readonly progress: Int32Array
+  private readonly watched: boolean
   private hookPtr = 0
-  private armed = 0
+  /** fuel of the current call not yet handed to the hook's countdown (L->hookcount) */
   private left = 0
-  private callStart = 0n
+  private callStart = 0
+  private allocSince = 0
   private fault = 0
   private faultWhere = ''
   private memUsed = 0
@@ -144,14 +182,21 @@ export class LuaVM {
     this.scriptPath = cfg.scriptPath
     this.chunkName = Buffer.byteLength(cfg.scriptPath) <= MAX_CHUNKNAME ? cfg.scriptPath : SCRIPT_TOKEN
     this.fuel = cfg.fuel
-    this.timeoutNs = BigInt(Math.round(cfg.timeoutMs * 1e6))
+    this.timeoutMs = cfg.timeoutMs
     this.memLimit = cfg.memory
+    this.metered = cfg.metering?.fuel ?? true
+    this.meterMemory = cfg.metering?.memory ?? true
+    this.progress = cfg.progress ?? new Int32Array(PROGRESS_SLOTS)
+    this.watched = cfg.progress !== undefined
   }
+
+  /** Called once each packet's result in the BatchOutput is final (a worker copies it out). */
+  onPacket: ((k: number) => void) | null = null
 
   /** Builds the VM, loads the prelude and the script, binds the entry function, runs on_start. */
   static async create(cfg: VmConfig): Promise<LuaVM> {
     const vm = new LuaVM(cfg)
-    const wasm = await loadLuaWasm(cfg.memory + HOST_HEADROOM + MAX_BATCH_BYTES + WASM_OVERHEAD)
+    const wasm = await loadLuaWasm(wasmMemoryCap(cfg.memory))
     vm.ex = wasm.ex
     vm.m = wasm.module
     vm.init()
@@ -168,13 +213,20 @@ export class LuaVM {
     this.refreshViews()
     this.lenPtr = ex.malloc(8)
     this.debugPtr = ex.malloc(256)
-    const alloc = this.m.addFunction(this.allocate, 'iiiii')
-    this.funcs.push(alloc)
-    this.L = ex.lua_newstate(alloc, 0)
+    if (this.meterMemory) {
+      const alloc = this.m.addFunction(this.allocate, 'iiiii')
+      this.funcs.push(alloc)
+      this.L = ex.lua_newstate(alloc, 0)
+    } else {
+      this.L = ex.luaL_newstate()
+    }
     if (!this.L) throw new LoadError(`${this.scriptPath}: cannot create a Lua state within ${this.cfg.memory} bytes`, 'memory')
     this.hookPtr = this.m.addFunction(this.onHook, 'vii')
     this.funcs.push(this.hookPtr)
-    this.findHookCountOffset()
+    if (this.metered) {
+      this.findHookCountOffset()
+      if (this.hookCountOffset < 0) throw new Error('psd: cannot find lua_State.hookcount in this Lua build')
+    }
     ex.luaL_openlibs(this.L)
     // Budget error values live in the registry so raising one never allocates.
     for (const [kind, text] of [['fuel', 'psd: fuel budget exhausted'], ['time', 'psd: time budget exhausted'],
@@ -189,9 +241,10 @@ export class LuaVM {
     this.loadScript()
   }
 
+  /** Views of the wasm memory; a memory that grew detached the old ones (their length reads 0). */
   private refreshViews(): void {
-    const buf = this.ex.memory.buffer
-    if (!this.u8 || this.u8.buffer !== buf) {
+    if (this.u8 === undefined || this.u8.length === 0) {
+      const buf = this.ex.memory.buffer
       this.u8 = new Uint8Array(buf)
       this.dv = new DataView(buf)
     }
@@ -209,13 +262,14 @@ export class LuaVM {
     return p
   }
 
-  /** Reads the string at stack index idx (no metamethods: safe on any value). */
-  private str(idx: number): string | null {
+  /** Reads the string at stack index idx (no metamethods: safe on any value), cut at max bytes. */
+  private str(idx: number, max = Infinity): string | null {
     const t = this.ex.lua_type(this.L, idx)
     if (t !== LUA_TSTRING && t !== LUA_TNUMBER) return null
     const p = this.ex.lua_tolstring(this.L, idx, this.lenPtr)
     this.refreshViews()
     const n = this.dv.getUint32(this.lenPtr, true)
+    if (n > max) return Buffer.from(this.u8.buffer, p, max).toString('utf8') + `... (${n - max} more bytes)`
     return Buffer.from(this.u8.buffer, p, n).toString('utf8')
   }
 
@@ -231,8 +285,10 @@ export class LuaVM {
     return this.u8.slice(p, p + n)
   }
 
+  /** Pushes bytes as a Lua string; only from host functions, inside a call. */
   private pushBytes(b: Uint8Array): void {
     const p = this.ex.malloc(Math.max(1, b.length))
+    if (!p) this.raise(this.L, F_MEMORY) // the wasm heap itself is full
     this.refreshViews()
     this.u8.set(b, p)
     this.ex.lua_pushlstring(this.L, p, b.length)
@@ -299,6 +355,7 @@ export class LuaVM {
 
   private loadChunk(src: Uint8Array, chunkname: string): void {
     const p = this.ex.malloc(Math.max(1, src.length))
+    if (!p) throw new LoadError(`${this.scriptPath}: not enough memory to load the script (${src.length} bytes)`, 'memory')
     this.refreshViews()
     this.u8.set(src, p)
     const st = this.ex.luaL_loadbufferx(this.L, p, src.length, this.cstr(chunkname), this.cstr('t'))
@@ -352,10 +409,11 @@ export class LuaVM {
     const ex = this.ex
     const host = this.cfg.host
     this.hostFunction('done', (L) => this.onDone(L))
+    this.hostFunction('charge', (L) => { this.charge(ex.lua_tonumberx(L, 1, 0)); return 0 })
     this.hostFunction('accept', this.onAccept)
     this.hostFunction('drop', this.onDrop)
     this.hostFunction('log', (L) => {
-      host.log(ex.lua_tonumberx(L, 1, 0), this.named(this.str(2) ?? ''), this.named(this.str(3) ?? ''))
+      host.log(ex.lua_tonumberx(L, 1, 0), this.named(this.str(2, MAX_LOG_LINE) ?? ''), this.named(this.str(3, MAX_MESSAGE) ?? ''))
       return 0
     })
     this.hostFunction('stat', (L) => {
@@ -428,26 +486,59 @@ export class LuaVM {
   private monoLast = 0n
 
   // ---------------------------------------------------------------- budgets
+  //
+  // Fuel: `left` plus the hook's countdown (L->hookcount) is what the call has left. The hook
+  // runs when the countdown reaches 0, looks at memory, fuel and the clock, and hands the next
+  // HOOK_PERIOD instructions to the countdown. Once a budget is spent it raises, and re-arms
+  // itself to run at every instruction: a pcall can unwind the error but never run on.
 
   private arm(): void {
     this.fault = 0
     this.memPending = false
-    this.callStart = 0n
-    this.resumeArmed = 0
-    this.left = this.fuel
-    this.armed = Math.min(HOOK_PERIOD, this.left)
-    this.left -= this.armed
-    this.ex.lua_sethook(this.L, this.hookPtr, LUA_MASKCOUNT, this.armed)
+    this.progress[PROGRESS.calls]++
+    if (!this.metered) return
+    this.callStart = performance.now()
+    this.allocSince = 0
+    this.left = this.fuel - Math.min(HOOK_PERIOD, this.fuel)
+    this.ex.lua_sethook(this.L, this.hookPtr, LUA_MASKCOUNT, Math.min(HOOK_PERIOD, this.fuel))
   }
 
-  /** Instructions used by the current call so far. */
+  private countdown(): number {
+    this.refreshViews()
+    return this.dv.getInt32(this.L + this.hookCountOffset, true)
+  }
+
+  private setCountdown(n: number): void {
+    this.refreshViews()
+    this.dv.setInt32(this.L + this.hookCountOffset, n, true)
+  }
+
+  /** Instructions (and charged library work) used by the current call so far. */
   private fuelUsed(): number {
-    let remaining = 0
-    if (this.hookCountOffset >= 0) {
-      this.refreshViews()
-      remaining = this.dv.getInt32(this.L + this.hookCountOffset, true)
-    }
-    return this.fuel - this.left - remaining
+    if (!this.metered) return 0
+    return this.fuel - this.left - this.countdown()
+  }
+
+  /** Makes the hook run at the very next instruction, keeping the countdown's fuel in `left`. */
+  private checkSoon(): void {
+    if (!this.inCall || !this.metered) return
+    const rem = this.countdown()
+    if (rem > 1) { this.left += rem - 1; this.setCountdown(1) }
+  }
+
+  /**
+   * Charges fuel for work a library function is about to do in C, where no instruction is
+   * counted (sandbox.lua calls this through H.charge before big sorts, moves, searches ...).
+   * Raises the fuel fault at once when the call cannot pay.
+   */
+  private charge(n: number): void {
+    if (!this.metered || !this.inCall || !(n > 0)) return
+    if (this.watched && n >= HOOK_PERIOD) this.noteLine(this.L)
+    const rem = this.countdown()
+    const total = this.left + rem - n
+    if (total <= 0) { this.left = 0; this.raise(this.L, F_FUEL) }
+    if (rem > n) this.setCountdown(rem - n)
+    else { this.left = total - 1; this.setCountdown(1) }
   }
 
   private raise(L: number, kind: number): void {
@@ -461,28 +552,20 @@ export class LuaVM {
 
   private onHook = (L: number): void => {
     if (this.fault) { this.raise(L, this.fault); return }
-    if (this.memPending) {
-      // An allocation failed since the last instruction and Lua's emergency collection did not
-      // rescue it: the memory budget is spent. The script may have caught the error; not this.
-      this.raise(L, F_MEMORY)
-      return
-    }
-    if (this.resumeArmed > 0) {
-      // we were woken early to check memory; go back to the fuel countdown
-      this.armed = this.resumeArmed
-      this.resumeArmed = 0
-      this.ex.lua_sethook(L, this.hookPtr, LUA_MASKCOUNT, this.armed)
-      return
-    }
+    // An allocation failed since the last instruction and Lua's emergency collection did not
+    // rescue it: the memory budget is spent. The script may have caught the error; not this.
+    if (this.memPending) { this.raise(L, F_MEMORY); return }
     if (this.left <= 0) { this.raise(L, F_FUEL); return }
-    const now = process.hrtime.bigint()
-    if (this.callStart === 0n) this.callStart = now
-    else if (now - this.callStart > this.timeoutNs) { this.raise(L, F_TIME); return }
-    this.armed = Math.min(HOOK_PERIOD, this.left)
-    this.left -= this.armed
-    this.ex.lua_sethook(L, this.hookPtr, LUA_MASKCOUNT, this.armed)
+    // A packet's clock starts at its call's first hook (at most HOOK_PERIOD instructions in):
+    // one clock read per packet saved, for a bound a few microseconds late.
+    const now = performance.now()
+    if (this.callStart === 0) this.callStart = now
+    else if (now - this.callStart > this.timeoutMs) { this.raise(L, F_TIME); return }
+    if (this.watched) this.noteLine(L)
+    const n = Math.min(HOOK_PERIOD, this.left)
+    this.left -= n
+    this.ex.lua_sethook(L, this.hookPtr, LUA_MASKCOUNT, n)
   }
-  private resumeArmed = 0
   private verdictFaults = 0
 
   private allocate = (_ud: number, ptr: number, osize: number, nsize: number): number => {
@@ -500,36 +583,26 @@ export class LuaVM {
     if (!p) return this.allocFailed(ptr, nsize, retry)
     this.memUsed += delta
     if (retry) { this.pendingPtr = -1; this.pendingSize = -1; this.memPending = false }
+    if (delta > 0 && (this.allocSince += delta) > ALLOC_CHECK_BYTES) {
+      this.allocSince = 0
+      this.checkSoon()
+    }
     return p
   }
 
   private allocFailed(ptr: number, nsize: number, retry: boolean): number {
     if (!this.inCall) return 0
     if (!this.faultWhere) this.faultWhere = this.scriptLine(this.L)
-    if (retry) {
-      this.memPending = true // the emergency collection did not help
-    } else {
-      // Lua will run a full collection and try once more; decide at the next instruction.
-      this.pendingPtr = ptr
-      this.pendingSize = nsize
-      this.memPending = true
-    }
-    if (!this.fault && this.armed !== 1) {
-      this.resumeArmed = this.fuelArmedRemaining()
-      this.armed = 1
-      this.ex.lua_sethook(this.L, this.hookPtr, LUA_MASKCOUNT, 1)
-    }
+    // Lua runs a full collection and tries once more (the same ptr and size): the hook decides
+    // at the next instruction whether that rescued it.
+    if (!retry) { this.pendingPtr = ptr; this.pendingSize = nsize }
+    this.memPending = true
+    if (!this.fault) this.checkSoon()
     return 0
   }
 
-  private fuelArmedRemaining(): number {
-    if (this.hookCountOffset < 0) return this.armed
-    this.refreshViews()
-    return Math.max(1, this.dv.getInt32(this.L + this.hookCountOffset, true))
-  }
-
-  /** file:line of the innermost script frame, for fault messages. */
-  private scriptLine(L: number): string {
+  /** The innermost script line of the running call, or 0. */
+  private scriptLineNumber(L: number): number {
     const ex = this.ex, ar = this.debugPtr
     for (let level = 0; level < 30; level++) {
       if (!ex.lua_getstack(L, level, ar)) break
@@ -537,21 +610,52 @@ export class LuaVM {
       this.refreshViews()
       const source = this.dv.getUint32(ar + 16, true)
       if (this.u8[source] !== 0x40 /* '@' */) continue
-      const line = this.dv.getInt32(ar + 24, true)
-      return `${this.scriptPath}:${line}`
+      return this.dv.getInt32(ar + 24, true)
     }
-    return this.scriptPath
+    return 0
   }
 
+  /** file:line of the innermost script frame, for fault messages. */
+  private scriptLine(L: number): string {
+    const line = this.scriptLineNumber(L)
+    return line > 0 ? `${this.scriptPath}:${line}` : this.scriptPath
+  }
+
+  /** Shows the watchdog where the call is, so a call it has to stop can be reported by line. */
+  private noteLine(L: number): void {
+    const line = this.scriptLineNumber(L)
+    if (line > 0) {
+      this.progress[PROGRESS.line] = line
+      this.progress[PROGRESS.lineCall] = this.progress[PROGRESS.calls]
+    }
+  }
+
+  /** Message handler of every call: notes where an error was raised (the stack is still there). */
+  private onError = (L: number): number => {
+    try {
+      if (!this.errWhere) this.errWhere = this.scriptLine(L)
+    } catch { /* never throw through wasm */ }
+    return 1 // the error value, unchanged
+  }
+  private errWhere = ''
+  private msghPtr = 0
+
   private pcall(nargs: number, nres: number): number {
+    const ex = this.ex, L = this.L
     this.arm()
     this.faultWhere = ''
+    this.errWhere = ''
     this.pendingPtr = -1
     this.pendingSize = -1
+    if (!this.msghPtr) { this.msghPtr = this.m.addFunction(this.onError, 'ii'); this.funcs.push(this.msghPtr) }
+    const fn = ex.lua_gettop(L) - nargs
+    ex.lua_pushcclosure(L, this.msghPtr, 0)
+    ex.lua_rotate(L, fn, 1) // the handler goes below the function
     this.inCall = true
+    this.progress[PROGRESS.inCall] = 1
     let st: number
     try {
-      st = this.ex.lua_pcallk(this.L, nargs, nres, 0, 0, 0)
+      st = this.ex.lua_pcallk(this.L, nargs, nres, fn, 0, 0)
     } catch (e) {
       // Only a Lua error is allowed to unwind wasm frames; anything else leaves the state unsound.
       this.broken = true
@@ -560,7 +664,12 @@ export class LuaVM {
       st = -1
     } finally {
       this.inCall = false
-      this.ex.lua_sethook(this.L, 0, 0, 0)
+      this.progress[PROGRESS.inCall] = 0
+      if (!this.broken) {
+        if (this.metered) ex.lua_sethook(L, 0, 0, 0)
+        ex.lua_rotate(L, fn, -1) // the handler to the top, and off
+        ex.lua_settop(L, -2)
+      }
     }
     if (this.broken && st === 0) st = -1
     return st
@@ -576,16 +685,22 @@ export class LuaVM {
     const where = this.faultWhere
     switch (kind) {
       case F_FUEL: return `${this.scriptPath}: fuel budget exhausted (${this.fuel} instructions) at ${where}`
-      case F_TIME: return `${this.scriptPath}: time budget exhausted (${Number(this.timeoutNs) / 1e6} ms) at ${where}`
+      case F_TIME: return `${this.scriptPath}: time budget exhausted (${this.timeoutMs} ms) at ${where}`
       case F_MEMORY: return `${this.scriptPath}: memory budget exhausted (${this.memLimit} bytes)${where ? ' at ' + where : ''}`
       case F_CRASH: return `${this.scriptPath}: VM crashed: ${where}`
       default: {
         if (this.broken) return `${this.scriptPath}: VM crashed: ${where}`
         const t = this.ex.lua_type(this.L, -1)
-        const s = this.str(-1)
-        if (s !== null) return this.named(s)
+        const s = this.str(-1, MAX_MESSAGE)
+        const at = this.errWhere && this.errWhere !== this.scriptPath ? this.errWhere : ''
+        if (s !== null) {
+          // a message without the script's position (error(msg, 0), a library's argument check)
+          // gets the line the error was raised on
+          const m = this.named(s)
+          return at && !m.startsWith(this.scriptPath + ':') ? `${m} (at ${at})` : m
+        }
         const names = ['nil', 'boolean', 'userdata', 'number', 'string', 'table', 'function', 'userdata', 'thread']
-        return `${this.scriptPath}: error object is a ${names[t] ?? 'non-string'} value${where ? ' at ' + where : ''}`
+        return `${this.scriptPath}: error object is a ${names[t] ?? 'non-string'} value${at ? ' at ' + at : ''}`
       }
     }
   }
@@ -617,14 +732,21 @@ export class LuaVM {
   /** Moves to the next packet of the batch with fresh fuel and clock. */
   private nextPacket(L: number): void {
     if (this.measureFuel) this.out!.fuel[this.k] = this.fuelUsed()
-    this.k++
+    this.packetFinal(this.k++)
+    this.progress[PROGRESS.calls]++
     this.pos += this.batchView!.getUint32(this.pos, true)
-    this.left = this.fuel
-    this.armed = Math.min(HOOK_PERIOD, this.left)
-    this.left -= this.armed
-    this.callStart = 0n
-    this.resumeArmed = 0
-    this.ex.lua_sethook(L, this.hookPtr, LUA_MASKCOUNT, this.armed)
+    if (!this.metered) return
+    // the hook stays installed for the whole batch: a new countdown is all a packet needs
+    const n = Math.min(HOOK_PERIOD, this.fuel)
+    this.left = this.fuel - n
+    this.allocSince = 0
+    this.callStart = 0
+    this.setCountdown(n)
+  }
+
+  private packetFinal(k: number): void {
+    this.progress[PROGRESS.done] = k + 1
+    if (this.onPacket !== null) this.onPacket(k)
   }
 
   /** Record the instructions each packet used in BatchOutput.fuel (benchmarks, metrics). */
@@ -650,13 +772,20 @@ export class LuaVM {
     out.fault.fill(0, 0, count)
     out.data.fill(null, 0, count)
     out.message.fill(null, 0, count)
+    this.progress[PROGRESS.done] = 0
     let faults = 0
     // slot 3 = the batch string for the whole batch (restarts after a fault reuse it)
     ex.lua_settop(L, 2)
-    ex.lua_pushlstring(L, this.staging, batch.length)
+    try {
+      ex.lua_pushlstring(L, this.staging, batch.length) // outside any pcall: a failure here aborts
+    } catch (e) {
+      this.broken = true
+      this.faultWhere = `cannot push the batch: ${(e as Error)?.message ?? e}`
+    }
     while (this.k < count) {
       if (this.broken) { // the rest of the batch cannot run: fault verdicts
-        for (let k = this.k; k < count; k++) this.faultPacket(out, k, F_CRASH, `${this.scriptPath}: VM crashed`)
+        const why = `${this.scriptPath}: VM crashed${this.faultWhere ? ': ' + this.faultWhere : ''}`
+        for (let k = this.k; k < count; k++) this.faultPacket(out, k, F_CRASH, why)
         faults += count - this.k
         this.k = count
         break
@@ -705,6 +834,7 @@ export class LuaVM {
     out.data[k] = null
     out.message[k] = message
     out.fuel[k] = this.fuel
+    this.packetFinal(k)
   }
 
   // ---------------------------------------------------------------- services

@@ -7,6 +7,7 @@ import type { TenantConfig } from '../config.js'
 import type { Logger } from '../log.js'
 import { FaultLog } from './fault-log.js'
 import { TenantServices, TimerPump, type ServicesOptions } from './services.js'
+import { WorkerTenant } from './tenant-worker.js'
 
 export { BatchOutput, LoadError, FAULT_KINDS }
 
@@ -47,10 +48,22 @@ export class Tenant {
     if (clock === 'real') this.pump = new TimerPump(() => { void this.runTimers() })
   }
 
-  /** Loads the script; throws LoadError (file:line) if it does not load. */
-  static async start(cfg: TenantConfig, log: Logger, clock: 'capture' | 'real', svc: TenantServicesOptions = {}): Promise<Tenant> {
+  private engine: EngineOptions = {}
+
+  /**
+   * Loads the script; throws LoadError (file:line) if it does not load. The VM runs in its own
+   * worker thread (tenant-worker.ts: the watchdog can stop a runaway there), unless
+   * `engine.inline`: here, in this thread (inside that worker, and for benchmarks).
+   */
+  static async start(cfg: TenantConfig, log: Logger, clock: 'capture' | 'real', svc: TenantServicesOptions = {},
+    engine: EngineOptions = {}): Promise<Tenant> {
+    const source = engine.source ?? readScript(cfg.script)
+    if (!(engine.inline ?? process.env.PSD_ENGINE === 'inline')) {
+      return await WorkerTenant.start(cfg, log, clock, svc, source) as unknown as Tenant
+    }
     const t = new Tenant(cfg, log.child({ tenant: cfg.name, script: cfg.script }), clock, svc)
-    t.source = readScript(cfg.script)
+    t.engine = engine
+    t.source = source
     t.vm = await t.build()
     await t.afterBatch() // deferred calls and timers from the top level and on_start
     return t
@@ -69,11 +82,14 @@ export class Tenant {
     }
   }
 
-  private build(): Promise<LuaVM> {
-    return LuaVM.create({
+  private async build(): Promise<LuaVM> {
+    const vm = await LuaVM.create({
       scriptPath: this.cfg.script, source: this.source, entry: this.cfg.entry,
       fuel: this.cfg.fuel, memory: this.cfg.memory, timeoutMs: this.cfg.timeoutMs, host: this.host(),
+      progress: this.engine.progress,
     })
+    vm.onPacket = this.engine.onPacket ?? null
+    return vm
   }
 
   get memoryUsed(): number { return this.vm?.memoryUsed ?? 0 }
@@ -158,6 +174,7 @@ export class Tenant {
       this.log.warn(`${vm.deferredPending} deferred calls still waiting after 100 rounds were dropped`)
     }
   }
+
   // ---- reload (API.md section 8; driven by src/ops/tenants.ts)
 
   /**
@@ -196,4 +213,16 @@ export class Tenant {
 export interface TenantServicesOptions extends ServicesOptions {
   /** Offline: the capture's first timestamp, time.now() before the first packet (top level, on_start). */
   clockStart?: bigint
+}
+
+/** Where and how a tenant's VM runs (Tenant.start). */
+export interface EngineOptions {
+  /** Run the VM in this thread instead of a worker of its own (no watchdog: benchmarks, and the worker itself). */
+  inline?: boolean
+  /** The script's text, when the caller has read it already. */
+  source?: string
+  /** VmConfig.progress: the slots the watchdog reads. */
+  progress?: Int32Array
+  /** LuaVM.onPacket: each packet's result as soon as it is final. */
+  onPacket?: (k: number) => void
 }

@@ -83,7 +83,8 @@ export async function runOffline(opts: OfflineOptions): Promise<number> {
 /** What the offline loop needs of a tenant: run a batch, stop, and the script's stats. */
 export interface BatchRunner {
   run(batch: Uint8Array, count: number, out: BatchOutput, ns: ArrayLike<number>): Promise<void>
-  stop(): void
+  /** on_stop; a tenant whose VM runs in a worker answers with a promise */
+  stop(): void | Promise<void>
   readonly stats: Map<string, number>
   /** After a batch's verdicts are written: deferred calls (script services). */
   afterBatch?(): Promise<void>
@@ -214,7 +215,7 @@ export async function runCapture(tenant: BatchRunner, opts: OfflineOptions, outs
     await flush()
   } finally {
     capture.close()
-    tenant.stop()
+    await tenant.stop()
     acceptedW?.close()
     droppedW?.close()
     verdictW?.close()

@@ -44,6 +44,53 @@ env.table = copy(table)
 env.math = copy(math)
 env.utf8 = copy(utf8)
 env.unpack = tunpack
+
+-- Work a library function does in C is invisible to the instruction count. Most of it is
+-- bounded by the memory budget (a copy or a concatenation cannot outgrow it) and followed by a
+-- look at the clock (ALLOC_CHECK_BYTES in wasm/vm.ts); these three are not:
+--   string.rep('', 2^62) loops in C doing nothing, 2^62 times: answered here ('');
+--   table.move(t, 1, 2^50, 2) moves nils without allocating: pays fuel per element first;
+--   table.sort over a big table compares n log n times: pays fuel for that first.
+-- (About one unit of fuel for what a VM instruction costs.) What still runs away inside C,
+-- a pattern that backtracks without end, is stopped by the time budget's watchdog.
+-- The wrappers are compiled without line information, so an error the library function raises
+-- ("bad argument #2 to 'rep'") points at no line inside psd (the fault log adds the script's).
+local WRAPPERS = [==[
+local H, S, T = ...
+local charge, tointeger, tonumber, mtype, type = H.charge, math.tointeger, tonumber, math.type, type
+-- library functions are called as fields of upvalue tables: Lua then names them in its messages
+-- ("bad argument #1 to 'sort'") although this chunk has no debug information
+local str, tab = string, table
+local function int(x) local n = x ~= nil and tonumber(x); return n and tointeger(n) end
+
+S.rep = function(s, n, sep)
+  if s == '' and (sep == nil or sep == '') then
+    local k = n ~= nil and tonumber(n)
+    if k and k > 1 and k < 2^63 then n = 1 end -- the same '' for any count, without the loop
+  end
+  return str.rep(s, n, sep)
+end
+T.sort = function(t, comp)
+  if type(t) == 'table' then
+    local n = #t
+    if mtype(n) == 'integer' and n > 256 then
+      local lg, m = 0, n
+      while m > 1 do m = m >> 1; lg = lg + 1 end
+      charge(n * lg)
+    end
+  end
+  return tab.sort(t, comp)
+end
+T.move = function(a1, f, e, t, a2)
+  local fi, ei = int(f), int(e)
+  if fi ~= nil and ei ~= nil and ei - fi >= 1024 then charge((ei - fi) * 2) end
+  return tab.move(a1, f, e, t, a2)
+end
+]==]
+do
+  local chunk = assert(load(WRAPPERS, '=psd/wrappers'))
+  assert(load(string.dump(chunk, true), '=?', 'b'))(H, env.string, env.table)
+end
 env.print = lib.print
 for name, v in pairs(lib) do if name ~= 'print' then env[name] = v end end
 
@@ -59,8 +106,18 @@ end
 env._VERSION = _VERSION
 env._G = env
 
--- The string metatable's __index becomes the sandbox's string table.
-getmetatable('').__index = env.string
+-- The string metatable's __index becomes the sandbox's string table. The metatable itself is
+-- shared by every string, the prelude's too, so scripts get a read-only stand-in for it from
+-- getmetatable(''): it shows the same __index, and writing to it is an error.
+do
+  local smt = getmetatable('')
+  smt.__index = env.string
+  smt.__metatable = setmetatable({}, {
+    __index = { __index = env.string },
+    __newindex = function() error('the string metatable is read-only', 2) end,
+    __metatable = false,
+  })
+end
 
 -- Replace the globals table's contents with the sandbox (the registry keeps the same table,
 -- so chunks loaded later by the host see exactly this environment).

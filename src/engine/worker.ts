@@ -1,0 +1,142 @@
+// The thread that runs one tenant's VM (started by tenant-worker.ts).
+//
+// Inside it, the tenant is the very same engine that runs inline (tenant.ts Tenant, with its
+// fault policy, rebuilds and script services); this file only connects it to the main thread:
+// commands arrive as messages and run one at a time, a batch's records come through the shared
+// channel, each packet's result goes back into the channel the moment it is final, and log
+// lines go straight to stderr from here. After each batch's reply the deferred calls run (off
+// the packet path, while the main thread already hands the verdicts on).
+import { parentPort, workerData } from 'node:worker_threads'
+import { readlinkSync } from 'node:fs'
+import { Tenant, BatchOutput, LoadError } from './tenant.js'
+import { Logger } from '../log.js'
+import { wasmMemoryCap } from '../../wasm/vm.js'
+import { provideLuaWasm } from '../../wasm/loader.js'
+import { Channel, C, CUR_IDLE, CUR_CALLBACK, CHANNEL_PACKETS } from './channel.js'
+import type { WorkerInit, WorkerCommand, WorkerReply, Snapshot } from './tenant-worker.js'
+
+const port = parentPort!
+const init = workerData as WorkerInit
+const ch = new Channel(init.sab)
+try { ch.ctl[C.tid] = Number(readlinkSync('/proc/thread-self').split('/').pop()) } catch { /* no /proc: the clock alone */ }
+provideLuaWasm(wasmMemoryCap(init.cfg.memory), init.module)
+const send = (m: WorkerReply) => port.postMessage(m)
+
+// The VM writes verdict, mark, fault and fuel straight into the channel; edited bytes and fault
+// messages are JS values, copied into the channel by onPacket as each packet finishes.
+const out = new BatchOutput(CHANNEL_PACKETS)
+out.verdict = ch.verdict
+out.mark = ch.mark
+out.fault = ch.fault
+out.fuel = ch.fuel
+let dataUsed = 0, msgUsed = 0
+let overflowData: [number, Uint8Array][] = []
+let overflowMsg: [number, string][] = []
+
+function onPacket(k: number): void {
+  const d = out.data[k]
+  if (d !== null) {
+    if (dataUsed + d.length <= ch.data.length) {
+      ch.data.set(d, dataUsed)
+      ch.dataOff[k] = dataUsed
+      ch.dataLen[k] = d.length
+      dataUsed += d.length
+    } else {
+      ch.dataLen[k] = -2
+      overflowData.push([k, d])
+    }
+  }
+  const m = out.message[k]
+  if (m !== null) {
+    const b = Buffer.from(m, 'utf8')
+    if (msgUsed + b.length <= ch.msg.length) {
+      ch.msg.set(b, msgUsed)
+      ch.msgOff[k] = msgUsed
+      ch.msgLen[k] = b.length
+      msgUsed += b.length
+    } else {
+      ch.msgLen[k] = -2
+      overflowMsg.push([k, m])
+    }
+  }
+}
+
+let tenant: Tenant
+let statsDirty = true
+
+function snapshot(): Snapshot {
+  const s: Snapshot = {
+    counters: tenant.counters,
+    services: tenant.services.counters as unknown as Record<string, number>,
+    memory: tenant.memoryUsed,
+  }
+  if (statsDirty) { s.stats = [...tenant.stats]; statsDirty = false }
+  return s
+}
+
+async function handle(m: WorkerCommand): Promise<void> {
+  if (m.c === 'fuel') { tenant.measureFuel(m.on); return }
+  Atomics.store(ch.ctl, C.cur, m.id)
+  try {
+    switch (m.c) {
+      case 'batch': {
+        dataUsed = 0; msgUsed = 0; overflowData = []; overflowMsg = []
+        ch.dataLen.fill(-1, 0, m.count)
+        ch.msgLen.fill(-1, 0, m.count)
+        await tenant.run(ch.input.subarray(0, m.bytes), m.count, out, ch.ns)
+        send({ t: 'reply', id: m.id, snap: snapshot(), overflowData, overflowMsg })
+        // the deferred calls of this batch, after its verdicts are on their way
+        Atomics.store(ch.ctl, C.cur, CUR_CALLBACK)
+        await tenant.afterBatch()
+        return
+      }
+      case 'stop':
+        tenant.stop()
+        send({ t: 'reply', id: m.id, snap: snapshot() })
+        return
+      case 'handoff': {
+        const state = await tenant.handOff()
+        send({ t: 'reply', id: m.id, snap: snapshot(), value: state })
+        return
+      }
+      case 'takeover':
+        await tenant.takeOver(m.state)
+        send({ t: 'reply', id: m.id, snap: snapshot() })
+        return
+      case 'retire':
+        tenant.retire()
+        send({ t: 'reply', id: m.id, snap: snapshot() })
+        return
+    }
+  } catch (e) {
+    send({ t: 'reply', id: m.id, snap: snapshot(), error: (e as Error)?.message ?? String(e), kind: e instanceof LoadError ? e.kind : 'crash' })
+  } finally {
+    Atomics.store(ch.ctl, C.cur, CUR_IDLE)
+  }
+}
+
+async function main(): Promise<void> {
+  const log = new Logger(init.log.opts, init.log.base)
+  const forward = init.svc.sender
+    ? { send: (packet: Uint8Array, timeNs: bigint) => send({ t: 'send', packet, timeNs }), close() {} }
+    : undefined
+  try {
+    tenant = await Tenant.start(init.cfg, log, init.clock,
+      { clockStart: init.svc.clockStart, limits: init.svc.limits, sender: forward },
+      { inline: true, source: init.source, progress: ch.progress, onPacket })
+  } catch (e) {
+    send({ t: 'load-error', message: (e as Error)?.message ?? String(e), kind: e instanceof LoadError ? e.kind : 'crash' })
+    return
+  }
+  // stats carried over from the workers before this one (a rebuild keeps counting)
+  for (const [k, v] of init.stats) tenant.stats.set(k, (tenant.stats.get(k) ?? 0) + v)
+  const set = tenant.stats.set.bind(tenant.stats)
+  tenant.stats.set = (k, v) => { statsDirty = true; return set(k, v) }
+  if (init.measureFuel) tenant.measureFuel(true)
+  Atomics.store(ch.ctl, C.cur, CUR_IDLE)
+  send({ t: 'ready', snap: snapshot() })
+  let chain = Promise.resolve()
+  port.on('message', (m: WorkerCommand) => { chain = chain.then(() => handle(m)) })
+}
+
+void main()

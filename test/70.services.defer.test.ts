@@ -64,14 +64,15 @@ function on_packet(pkt)
   local i = pkt.id
   if i == 1 then defer(function() error("boom in deferred") end)
   elseif i == 2 then defer(function() while true do end end)
-  elseif i == 3 then defer(function() local t = {} for k = 1, 1e9 do t[k] = ("x"):rep(100) .. k end end)
+  elseif i == 3 then defer(function() local t = {} for k = 1, 1e9 do t[k] = {} end end)
   else defer(function() print("still working", n) end) end
   return DROP
 end`
-  // fuel and memory: a small fuel budget, a generous clock; time: the other way round
+  // fuel and memory: a small fuel budget, a generous clock; time: the other way round (and no
+  // allocation loop, which could meet the memory budget first)
   const runs = [
-    runPsd({ script, pcap, dir, args: ['--batch', '1', '--on-fault', 'accept', '--memory', '4MiB', '--fuel', '300000', '--timeout-ms', '10000'] }),
-    runPsd({ script, pcap, dir, args: ['--batch', '1', '--on-fault', 'accept', '--fuel', '1000000000000', '--timeout-ms', '50'] }),
+    runPsd({ script, pcap, dir, args: ['--batch', '1', '--on-fault', 'accept', '--memory', '4MiB', '--fuel', '3000000', '--timeout-ms', '20000'] }),
+    runPsd({ script: script.replace('t[k] = {}', 'k = 0'), pcap, dir, args: ['--batch', '1', '--on-fault', 'accept', '--fuel', '1000000000000', '--timeout-ms', '50'] }),
   ]
   const kinds: string[] = []
   for (const r of runs) {
@@ -150,6 +151,9 @@ function on_packet(pkt)
 end`
   const a = runPsd({ script, pcap, dir, args: ['--batch', '2'] })
   const b = runPsd({ script, pcap, dir, args: ['--batch', '2'] })
+  assert.is(a.status, 0, a.stderr)
+  assert.is(b.status, 0, b.stderr)
+  assert.is(scriptMsgs(a).length, 5, a.stderr)
   assert.equal(scriptMsgs(a), scriptMsgs(b))
   assert.equal(a.verdicts, b.verdicts)
 })

@@ -110,7 +110,7 @@ timer.every(1000, function()
 end)
 timer.after(1500, function() while true do end end)
 function on_packet() return DROP end`
-  const r = runPsd({ script, pcap, dir, args: ['--fuel', '200000', '--on-fault', 'accept'] })
+  const r = runPsd({ script, pcap, dir, args: ['--fuel', '200000', '--on-fault', 'accept', '--timeout-ms', '5000'] })
   assert.is(r.status, 0, r.stderr)
   assert.equal(r.verdicts.map((v) => [v.verdict, v.fault]), Array(5).fill(['drop', null]))
   assert.equal(scriptMsgs(r), ['even tick\t2', 'even tick\t4'])

@@ -55,7 +55,8 @@ async function tenantFor(name: string, source: string): Promise<Tenant> {
   const path = join(tmpdir(), `psd-bench-proto-${name.replace(/\W+/g, '-')}.lua`)
   writeFileSync(path, source)
   const cfg: TenantConfig = { name, script: path, queues: [0], fuel: DEFAULTS.fuel, memory: DEFAULTS.memory, timeoutMs: 1000, onFault: 'accept', send: false, workers: 1 }
-  return Tenant.start(cfg, quiet, 'capture')
+  // inline: the VM on this thread (one core), as `node psd.js bench` runs it
+  return Tenant.start(cfg, quiet, 'capture', {}, { inline: true })
 }
 
 // Batches of 128 records, as the offline engine builds them.

@@ -12,7 +12,7 @@ import {
 import { ProtoVM, wrapScript, SER_LUA, type PacketResult } from './lib/proto-vm.js'
 
 const SEED = Number(process.env.PSD_FUZZ_SEED ?? 20261126)
-const COUNT = Number(process.env.PSD_FUZZ_COUNT ?? 12000)
+const COUNT = Number(process.env.PSD_FUZZ_COUNT ?? 6000)
 
 const SCRIPT = SER_LUA + `
 proto.define{ name = "bits", over = "udp", port = 9999, fields = {

@@ -7,6 +7,8 @@ import type { TenantConfig } from '../config.js'
 import type { Logger } from '../log.js'
 import { FaultLog } from './fault-log.js'
 import { TenantServices, TimerPump, type ServicesOptions } from './services.js'
+import { RawSender } from '../live/raw-send.js'
+import { isMainThread } from 'node:worker_threads'
 import { WorkerTenant } from './tenant-worker.js'
 
 export { BatchOutput, LoadError, FAULT_KINDS }
@@ -58,6 +60,9 @@ export class Tenant {
   static async start(cfg: TenantConfig, log: Logger, clock: 'capture' | 'real', svc: TenantServicesOptions = {},
     engine: EngineOptions = {}): Promise<Tenant> {
     const source = engine.source ?? readScript(cfg.script)
+    // Live, net.send goes to a raw socket in the main thread (raw-socket loads in one thread
+    // only); a worker forwards its tenant's packets there (tenant-worker.ts).
+    if (clock === 'real' && cfg.send && svc.sender === undefined && isMainThread) svc = { ...svc, sender: new RawSender(log) }
     if (!(engine.inline ?? process.env.PSD_ENGINE === 'inline')) {
       return await WorkerTenant.start(cfg, log, clock, svc, source) as unknown as Tenant
     }

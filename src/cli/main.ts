@@ -2,10 +2,11 @@
 import { USAGE } from './usage.js'
 import { parse, tenantFromOptions, UsageError, type RunValues } from './options.js'
 import { Logger } from '../log.js'
-import { loadConfigFile, ConfigError, type TenantConfig } from '../config.js'
+import { loadConfigFile, ConfigError, parseCount, type TenantConfig } from '../config.js'
 import { LoadError } from '../engine/tenant.js'
 import { CaptureError } from '../pcap/reader.js'
 import { runOffline } from '../offline/run.js'
+import { runLive } from '../live/run.js'
 import { runCheck } from './check.js'
 import { runBench } from './bench.js'
 import { runCtl } from './ctl.js'
@@ -72,5 +73,21 @@ async function run(values: RunValues, log: Logger): Promise<number> {
       },
     })
   }
-  throw new UsageError('live mode (no --pcap) needs the NFQUEUE addon, which this build does not include yet')
+  return runLiveMode(values, tenants, log)
+}
+
+/** Live: bind the tenants' queues (API.md section 9); returns when psd is told to stop. */
+function runLiveMode(values: RunValues, tenants: TenantConfig[], log: Logger): Promise<number> {
+  for (const o of ['write-accepted', 'write-dropped', 'write-sent', 'verdicts'] as const) {
+    if (values[o] !== undefined) throw new UsageError(`--${o} works offline only (with --pcap) for now`)
+  }
+  if (values.config !== undefined && (values.queue !== undefined || values.queues !== undefined)) {
+    throw new UsageError('with --config, each tenant\'s queues come from the config file ("queue" or "queues")')
+  }
+  const count = (name: 'queue-maxlen' | 'batch', min: number, max: number): number | undefined => {
+    const v = values[name]
+    if (v === undefined) return undefined
+    try { return parseCount(v, `--${name}`, min, max) } catch (e) { throw new UsageError((e as Error).message) }
+  }
+  return runLive({ tenants, log, maxlen: count('queue-maxlen', 1, 65536), failOpen: values['fail-open'] === true, batch: count('batch', 1, 1024) })
 }

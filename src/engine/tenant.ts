@@ -6,6 +6,7 @@ import { LuaVM, BatchOutput, LoadError, FAULT_KINDS, type HostServices } from '.
 import type { TenantConfig } from '../config.js'
 import type { Logger } from '../log.js'
 import { FaultLog } from './fault-log.js'
+import { interfaceName } from '../live/ifname.js'
 import { TenantServices, TimerPump, type ServicesOptions } from './services.js'
 import { RawSender } from '../live/raw-send.js'
 import { isMainThread } from 'node:worker_threads'
@@ -78,6 +79,8 @@ export class Tenant {
     const scriptLog = this.log
     return {
       clock: this.clock,
+      // live: pkt.indev/outdev names for the kernel's interface indexes (none offline)
+      ifname: this.clock === 'real' ? interfaceName : undefined,
       log: (level, msg, where) => scriptLog.log((['debug', 'info', 'warn', 'error'] as const)[level] ?? 'info', msg, { where: where || undefined, source: 'script' }),
       stat: (op, name, value) => {
         if (op === 0) this.stats.set(name, (this.stats.get(name) ?? 0) + value)

@@ -1,0 +1,154 @@
+// The live daemon against the C yardstick, in one run (root only; makes and deletes its own
+// network namespaces):
+//
+// 1. Drain: a fixed number of UDP packets is queued while the consumer does not read, then the
+//    consumer drains them. Consumers: bench/nfq-c-consumer.c (recvmmsg 64 + one batch verdict per
+//    receive; it sleeps while the queue fills), and the real psd command
+//    (`node psd.js --script bench/live-accept-all.lua`, stopped with SIGSTOP while the queue fills,
+//    then SIGCONT). Rate = packets / (first packet received .. last verdict sent), as each consumer
+//    reports it; psd's is also timed from outside (SIGCONT .. the kernel shows nothing waiting).
+//    Both pinned to CPU 1; the sender to CPU 0.
+// 2. Latency: ping round trips at a fixed rate (1000/s), with no queue rule, with the C consumer,
+//    and with psd in the path; p50/p99 of ping's own times.
+//
+//   node dist/bench/live-drain.js [--packets 50000] [--rounds 3] [--size 64] [--pings 2000] [--cpus 1] [--batch 64]
+//
+// Every process runs in a session of its own with the autogroup nice value -20 (the machine may
+// be shared; see NOTES.md). --cpus is the taskset CPU list of the consumers (default "1"; the
+// sender and ping run on CPU 0).
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { readFileSync } from 'node:fs'
+import { buildC, createPair, deletePair, liveUnavailable, nsRun, Proc, run } from '../test/lib/netns.js'
+import { LivePsd, queueLine, sleep } from '../test/51.live.lib.js'
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
+const arg = (name: string, def: number) => {
+  const i = process.argv.indexOf(`--${name}`)
+  return i > 0 ? Number(process.argv[i + 1]) : def
+}
+const packets = Math.min(arg('packets', 50000), 65000)
+const rounds = Math.min(arg('rounds', 3), 10)
+const size = arg('size', 64)
+const pings = Math.min(arg('pings', 2000), 20000)
+const fillMs = 4000
+const acceptAll = join(root, 'bench', 'live-accept-all.lua')
+const cpusArg = process.argv.indexOf('--cpus')
+const cpus = cpusArg > 0 ? process.argv[cpusArg + 1] : '1'
+const batch = arg('batch', 64)
+// A session of its own with autogroup nice -20, then pinned: `ip netns exec NS ...hi(cpus) cmd`.
+const hi = (cpuList: string) => ['setsid', 'sh', '-c', 'echo -20 > /proc/self/autogroup 2>/dev/null; exec "$@"', 'sh', 'taskset', '-c', cpuList]
+
+const why = liveUnavailable(['ip', 'iptables', 'cc', 'taskset', 'ping'])
+if (why) {
+  console.error(`live-drain: cannot run: ${why}`)
+  process.exit(1)
+}
+const cBin = buildC(root, 'bench/nfq-c-consumer.c')
+const flood = buildC(root, 'bench/udp-flood.c')
+
+const median = (a: number[]) => a.length ? [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)] : 0
+const pct = (a: number[], p: number) => {
+  const s = [...a].sort((x, y) => x - y)
+  return s.length ? s[Math.min(s.length - 1, Math.floor(p / 100 * s.length))] : 0
+}
+const ticks = (pid: number) => {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+  return Number(f[11]) + Number(f[12]) // utime + stime, in clock ticks (1/100 s)
+}
+
+async function waitQueue(ns: string, q: number, pred: (waiting: number) => boolean, timeoutMs: number): Promise<number> {
+  const end = Date.now() + timeoutMs
+  for (;;) {
+    const w = (await queueLine(ns, q))?.[2] ?? -1
+    if (pred(w) || Date.now() > end) return w
+    await sleep(2)
+  }
+}
+
+function fill(p: { a: string; addrB: string }) {
+  const [cmd, ...rest] = hi('0')
+  return JSON.parse(nsRun(p.a, cmd, [...rest, flood, '-d', `${p.addrB}:9999`, '-n', String(packets), '-s', String(size)], 60_000))
+}
+
+const p = createPair('ldrain')
+const drain: Record<'c' | 'psd' | 'psd_wall', number[]> = { c: [], psd: [], psd_wall: [] }
+const cpu: Record<'c' | 'psd', number[]> = { c: [], psd: [] }
+const latency: Record<string, { p50: number; p99: number; avg: number; n: number }> = {}
+try {
+  nsRun(p.b, 'iptables', ['-t', 'mangle', '-A', 'INPUT', '-p', 'udp', '--dport', '9999', '-j', 'NFQUEUE', '--queue-num', '0'])
+  nsRun(p.b, 'iptables', ['-A', 'INPUT', '-p', 'udp', '--dport', '9999', '-j', 'DROP'])
+  for (let r = 0; r < rounds; r++) {
+    // C: binds, sleeps fillMs, drains.
+    const c = new Proc('ip', ['netns', 'exec', p.b, ...hi(cpus), cBin, '-q', '0', '-l', '65536', '-n', String(packets),
+      '-t', '30', '-w', String(fillMs)], 60_000)
+    await sleep(300)
+    const sc = fill(p)
+    const dc = await c.waitFor((o) => o.consumer === 'c', 60_000)
+    await c.exited
+    console.log(`round ${r + 1} c  : sent ${sc.sent}, drained ${dc.packets} at ${dc.pps} pps, ${dc.cpu_us_per_packet} us CPU/packet`)
+    if (dc.packets === packets) { drain.c.push(dc.pps); cpu.c.push(dc.cpu_us_per_packet) }
+
+    // psd: ready, stopped, filled, continued.
+    const psd = new LivePsd(p.b, ['--script', acceptAll, '--queue', '0', '--queue-maxlen', '65536', '--batch', String(batch)], 90_000, hi(cpus))
+    await psd.ready()
+    await sleep(200)
+    psd.signal('SIGSTOP')
+    const sp = fill(p)
+    const queued = await waitQueue(p.b, 0, (w) => w >= packets, 10_000)
+    const t0 = ticks(psd.pid)
+    const start = performance.now()
+    psd.signal('SIGCONT')
+    await waitQueue(p.b, 0, (w) => w === 0, 30_000)
+    const wall = performance.now() - start
+    const used = ticks(psd.pid) - t0
+    await psd.stop('SIGTERM')
+    const q = psd.queueStats()[0]
+    const wallPps = Math.round(packets / (wall / 1000))
+    console.log(`round ${r + 1} psd: sent ${sp.sent}, queued ${queued}, drained ${q?.packets} at ${q?.pps} pps ` +
+      `(from outside: ${wallPps} pps), ${(used * 1e4 / packets).toFixed(2)} us CPU/packet, ${q?.batches} batches`)
+    if (q?.packets === packets) {
+      drain.psd.push(q.pps)
+      drain.psd_wall.push(wallPps)
+      cpu.psd.push(+(used * 1e4 / packets).toFixed(2))
+    }
+  }
+
+  // Latency: ping a -> b at 1000/s; ICMP to queue 1 when a consumer is there.
+  const ping = (): number[] => {
+    run('ip', ['netns', 'exec', p.a, 'ping', '-c', '50', '-i', '0.002', '-W', '1', '-q', p.addrB], 30_000) // warm-up
+    const text = run('ip', ['netns', 'exec', p.a, ...hi('0'), 'ping', '-c', String(pings), '-i', '0.001', '-W', '1', p.addrB], 120_000)
+    return [...text.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]) * 1000)
+  }
+  const record = (name: string, t: number[]) => {
+    latency[name] = { p50: pct(t, 50), p99: pct(t, 99), avg: Math.round(t.reduce((a, b) => a + b, 0) / Math.max(1, t.length)), n: t.length }
+    console.log(`latency ${name.padEnd(10)}: p50 ${latency[name].p50} us, p99 ${latency[name].p99} us, avg ${latency[name].avg} us (${t.length} of ${pings} replies)`)
+  }
+  record('no queue', ping())
+  nsRun(p.b, 'iptables', ['-t', 'mangle', '-A', 'INPUT', '-p', 'icmp', '-j', 'NFQUEUE', '--queue-num', '1'])
+  {
+    const c = new Proc('ip', ['netns', 'exec', p.b, ...hi(cpus), cBin, '-q', '1', '-n', '10000000', '-t', '60'], 90_000)
+    await waitQueue(p.b, 1, (w) => w >= 0, 5000)
+    record('c consumer', ping())
+    c.kill('SIGKILL')
+    await c.exited
+  }
+  {
+    const psd = new LivePsd(p.b, ['--script', acceptAll, '--queue', '1'], 180_000, hi(cpus))
+    await psd.ready()
+    record('psd', ping())
+    await psd.stop('SIGTERM')
+  }
+} finally {
+  deletePair(p)
+}
+
+const summary = {
+  packets, size, rounds, cpus, batch,
+  c_pps_median: median(drain.c), psd_pps_median: median(drain.psd), psd_wall_pps_median: median(drain.psd_wall),
+  psd_over_c: median(drain.c) ? +(median(drain.psd) / median(drain.c)).toFixed(2) : 0,
+  c_cpu_us_per_packet: median(cpu.c), psd_cpu_us_per_packet: median(cpu.psd),
+  c_runs: drain.c, psd_runs: drain.psd, psd_wall_runs: drain.psd_wall,
+  latency_us: latency,
+}
+console.log(JSON.stringify(summary))

@@ -123,7 +123,8 @@ export class TenantServices {
   readonly limits: ServiceLimits
   private bucket: TokenBucket
   private faults: Quiet
-  private refusals: Quiet
+  /** one limiter per kind of refusal, so a flood of one never hides another */
+  private refusals = new Map<string, Quiet>()
 
   /** onFault: a callback's fault, for the tenant's fault counters (psd_faults_total). */
   constructor(private cfg: TenantConfig, private log: Logger, private opts: ServicesOptions = {},
@@ -131,7 +132,6 @@ export class TenantServices {
     this.limits = { ...SERVICE_DEFAULTS, ...opts.limits }
     this.bucket = new TokenBucket(this.limits.sendRate, this.limits.sendBurst)
     this.faults = new Quiet(log)
-    this.refusals = new Quiet(log)
   }
 
   /** What a VM of this tenant gets as HostServices.services. */
@@ -149,8 +149,8 @@ export class TenantServices {
       },
       count: (name, n) => {
         if (name in this.counters) (this.counters as any)[name] += n
-        if (name === 'deferred_dropped') this.refusals.report('warn', `defer: the queue is full (${this.limits.maxDeferred} calls); the new call was dropped`, { event: name })
-        else if (name === 'timers_postponed') this.refusals.report('warn', 'timers: too many callbacks due at once; the rest were postponed', { event: name })
+        if (name === 'deferred_dropped') this.refusal(name, `defer: the queue is full (${this.limits.maxDeferred} calls); the new call was dropped`)
+        else if (name === 'timers_postponed') this.refusal(name, 'timers: too many callbacks due at once; the rest were postponed')
       },
     }
   }
@@ -162,7 +162,7 @@ export class TenantServices {
     if (bad) { this.counters.send_invalid++; return bad }
     if (!this.bucket.take(timeNs)) {
       this.counters.send_limited++
-      this.refusals.report('warn', `net.send: over the rate limit (${this.limits.sendRate}/s, bursts of ${this.limits.sendBurst}); the packet was not sent`, { event: 'send_limited' })
+      this.refusal('send_limited', `net.send: over the rate limit (${this.limits.sendRate}/s, bursts of ${this.limits.sendBurst}); the packet was not sent`)
       return false
     }
     fixup(b)
@@ -171,10 +171,10 @@ export class TenantServices {
     return true
   }
 
-  /** Counts what LuaVM.runDeferred/runTimers ran. */
-  ran(deferred: number, timers: number): void {
-    this.counters.deferred_run += deferred
-    this.counters.timers_fired += timers
+  private refusal(event: string, msg: string): void {
+    let q = this.refusals.get(event)
+    if (!q) this.refusals.set(event, q = new Quiet(this.log))
+    q.report('warn', msg, { event })
   }
 
   /** The counters that are not zero (for the end-of-run log line). */

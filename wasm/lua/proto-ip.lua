@@ -353,11 +353,11 @@ end
 -- (transport, or where the IPv6 walk stopped), [7] protocol there, [8] end of the IP packet
 -- (total/payload length, bounded by the bytes held), [9] transport decodable (whole header
 -- chain, not a fragment other than the first, sane length), [10] IPv6 fragment header offset
--- or false, [11] a fragment (first or not)
+-- or false
 local G4, S4, G6, S6 = {}, {}, {}, {}
 local function ip_region(o) return o[6], o[8] end
-local IP4 = R.kind('ip', G4, S4, 11, ip_region)
-local IP6 = R.kind('ip', G6, S6, 11, ip_region)
+local IP4 = R.kind('ip', G4, S4, 10, ip_region)
+local IP6 = R.kind('ip', G6, S6, 10, ip_region)
 R.kinds.ip = nil -- 'ip' is either kind; proto-define knows both
 R.IP4, R.IP6 = IP4, IP6
 local IP4mt, IP6mt = IP4.mt, IP6.mt
@@ -375,21 +375,18 @@ local function dec_ip(t)
     local hl = (v0 & 15) << 2
     if hl < 20 or hl > len then return nil end
     local tl = l1 << 8 | l2
-    local iend, ok, frag = len, true, false
+    local iend, ok = len, true
     if tl < len then
       if tl >= hl then iend = tl elseif tl ~= 0 then ok = false end -- 0: TSO/GSO, length unset
     end
-    if f1 & 0x3f | f2 ~= 0 then
-      frag = true
-      if f1 & 0x1f | f2 ~= 0 then ok = false end   -- not the first fragment
-    end
-    o = setmetatable({ t, c, IP4, 4, hl, hl, pr, iend, ok, false, frag }, IP4mt)
+    if f1 & 0x1f | f2 ~= 0 then ok = false end     -- not the first fragment
+    o = setmetatable({ t, c, IP4, 4, hl, hl, pr, iend, ok, false }, IP4mt)
   elseif ver == 6 then
     if len < 40 then return nil end
     local pl = x4 << 8 | x5
     local iend = len
     if pl ~= 0 and pl + 40 < len then iend = pl + 40 end
-    local nh, off, ok, fh, frag = f1, 40, true, false, false
+    local nh, off, ok, fh = f1, 40, true, false
     while nh == 0 or nh == 43 or nh == 60 or nh == 51 or nh == 44 do
       if off + 8 > iend then ok = false; break end
       local n0, n1, n2, n3 = byte(b, base + off + 1, base + off + 4)
@@ -397,7 +394,6 @@ local function dec_ip(t)
         if fh then ok = false; break end
         fh = off
         local fo = n2 << 8 | n3
-        if fo & 0xfff9 ~= 0 then frag = true end
         nh = n0
         off = off + 8
         if fo & 0xfff8 ~= 0 then ok = false; break end   -- not the first fragment
@@ -409,7 +405,7 @@ local function dec_ip(t)
         off = off + hlen
       end
     end
-    o = setmetatable({ t, c, IP6, 6, 40, off, nh, iend, ok, fh, frag }, IP6mt)
+    o = setmetatable({ t, c, IP6, 6, 40, off, nh, iend, ok, fh }, IP6mt)
   else
     return nil
   end

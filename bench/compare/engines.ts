@@ -150,9 +150,9 @@ export class Psd extends InProcess {
       scriptPath: script, source: readFileSync(script, 'utf8'),
       fuel: DEFAULTS.fuel, memory: DEFAULTS.memory, timeoutMs: DEFAULTS.timeoutMs,
       host: { clock: 'capture', log: () => {}, stat: () => {} },
-      // metering (budgets off for the cost comparison) is a VmConfig option of the budgets work
-      ...({ metering: metering === 'all' ? undefined : { fuel: metering === 'fuel', memory: false } } as object),
-    } as Parameters<typeof LuaVM.create>[0])
+      // budgets off for the cost breakdown: LuaVM's benchmark switch (VmConfig.metering)
+      metering: metering === 'all' ? undefined : { fuel: metering === 'fuel', memory: false },
+    })
   }
   /** Instructions per packet (one extra pass with fuel measured), metered VMs only. */
   fuelPerPacket(): number {

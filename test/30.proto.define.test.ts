@@ -7,13 +7,21 @@ import { ipv4, ipv6, tcp, udp, concat, bytes } from './lib/packets.js'
 import { ProtoVM, wrapScript, SER_LUA } from './lib/proto-vm.js'
 import { LoadError } from '../wasm/vm.js'
 import { verify, fixup } from '../src/packet/checksum.js'
+import { tsharkChecksums } from './lib/tshark.js'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+const tmp = mkdtempSync(join(tmpdir(), 'psd-30-define-'))
 
 /** Lengths right as the script left them (psd only fixes checksums on top), then all right after fixup. */
 function lengthsThenChecksums(d: Uint8Array): void {
   assert.ok(verify(d).lengths, JSON.stringify(verify(d)))
   const c = d.slice()
-  fixup(c)
+  fixup(c)                      // what psd does on accept
   assert.ok(verify(c).ok, JSON.stringify(verify(c)))
+  const ts = tsharkChecksums([c], tmp, 'define-write')
+  if (ts) { assert.equal(ts.bad, []); assert.equal(ts.good, 1) }
 }
 
 async function run(body: string, packets: Uint8Array[]) {
@@ -246,4 +254,5 @@ end`
   assert.equal(out.map((l) => l[0]), ['4\t2\tnil\tnil', 'nil\tnil\tnil\tnil'])
 })
 
+test.after(() => rmSync(tmp, { recursive: true, force: true }))
 test.run()

@@ -9,6 +9,12 @@ import {
 } from './lib/packets.js'
 import { ProtoVM, wrapScript, SER_LUA } from './lib/proto-vm.js'
 import { verify } from '../src/packet/checksum.js'
+import { tsharkChecksums } from './lib/tshark.js'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+const tmp = mkdtempSync(join(tmpdir(), 'psd-30-fields-'))
 
 /** Runs `body` (defining handle(pkt)) over the packets; returns each packet's printed lines. */
 async function lines(body: string, packets: Uint8Array[]): Promise<string[][]> {
@@ -287,6 +293,8 @@ test('writes edit the packet; psd makes lengths and checksums right', async () =
     const st = verify(x.data!)
     assert.ok(st.ok, JSON.stringify(st))
   }
+  const ts = tsharkChecksums(r.map((x) => x.data!), tmp, 'field-writes')
+  if (ts) { assert.equal(ts.bad, []); assert.equal(ts.good, r.length) }
   // the bytes: TTL, addresses, ports where the header says
   assert.equal(r[0].data![8], 1); assert.equal(Array.from(r[0].data!.subarray(16, 20)), [10, 0, 0, 2])
   assert.equal(r[1].data!.length, pkts[1].length + 4); assert.equal((r[1].data![32] >> 4) * 4, 24)
@@ -361,5 +369,17 @@ test('rawL4 helper sanity: unknown transport gives the IP payload', async () => 
   assert.equal(out[0][0], '132\tsctp!\tnil\tnil')
 })
 
+test('protocol objects work on pkt:copy(); edits to the copy leave the packet alone', async () => {
+  const body = `function handle(pkt)
+    local c = pkt:copy()
+    c.ip.ttl = 9
+    c.tcp.dstport = 8443
+    print(pkt.ip.ttl, pkt.tcp.dstport, c.ip.ttl, c.tcp.dstport, c.tcp == c.tcp, c.tcp ~= pkt.tcp)
+  end`
+  const [out] = await lines(body, [ipv4({ ttl: 64 }, tcp({ dport: 443 }))])
+  assert.equal(out, ['64\t443\t9\t8443\ttrue\ttrue'])
+})
+
+test.after(() => rmSync(tmp, { recursive: true, force: true }))
 void q
 test.run()

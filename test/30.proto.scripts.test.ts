@@ -11,6 +11,7 @@ import {
 import { runPsd, writeRawPcap, psd, ROOT } from './lib/psd.js'
 import { readAll } from './lib/pcaptools.js'
 import { verify } from '../src/packet/checksum.js'
+import { tsharkChecksums } from './lib/tshark.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'psd-30-scripts-'))
 const script = (name: string) => join(ROOT, 'scripts', name)
@@ -82,6 +83,8 @@ test('mss-clamp.lua clamps (or adds) the MSS of SYNs; checksums right', () => {
   }
   assert.equal(out.map(mssOf), [1360, 1340, 1360, 1200, 1460, 1360])
   for (const p of out) assert.ok(verify(p).ok, JSON.stringify(verify(p)))
+  const ts = tsharkChecksums(out, dir, 'mss-clamp')
+  if (ts) { assert.equal(ts.bad, []); assert.equal(ts.good, out.length) }
 })
 
 test('binary-proto.lua: the defined protocol drops, marks and rewrites', () => {
@@ -100,6 +103,8 @@ test('binary-proto.lua: the defined protocol drops, marks and rewrites', () => {
   const out = readAll(r.out).records.map((x) => x.data!)
   assert.equal(out[2][28], 0x12) // sensor 7: version 1, kind 2
   assert.ok(verify(out[2]).ok)
+  const ts = tsharkChecksums(out, dir, 'binary-proto')
+  if (ts) { assert.equal(ts.bad, []); assert.equal(ts.good, out.length) }
 })
 
 test.after(() => rmSync(dir, { recursive: true, force: true }))

@@ -8,7 +8,7 @@
 // tshark dissects each packet on its own here (no TCP/IP reassembly, no HTTP/TLS/DNS
 // desegmentation), which is how psd sees packets.
 import { spawnSync } from 'node:child_process'
-import { runPsd } from './psd.js'
+import { runPsd, writeRawPcap } from './psd.js'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 
@@ -456,4 +456,15 @@ export function editAndCheck(pcap: string, script: string, dir: string, name: st
     else if (s.good.length) res.good++
   })
   return res
+}
+
+/**
+ * tshark's checksum verdicts on raw IP packets (written to a pcap in `dir`): the packets it
+ * finds a bad checksum in, and how many it verified good. Without tshark: null.
+ */
+export function tsharkChecksums(packets: Uint8Array[], dir: string, name = 'packets'): { bad: { frame: number; bad: string[] }[]; good: number } | null {
+  if (!hasTshark()) return null
+  const file = writeRawPcap(join(dir, `${name.replace(/\W+/g, '-')}.checksums.pcap`), packets)
+  const st = checksumStatuses(file)
+  return { bad: st.filter((s) => s.bad.length), good: st.filter((s) => s.good.length && !s.bad.length).length }
 }

@@ -146,7 +146,7 @@ test(`${COUNT} random, mutated and truncated packets: no error, nothing read out
       if (!l1.includes('bits=nil')) decodedBits++
     })
     // the generator reaches every decoder
-    assert.ok(decodedTcp > 100 && decodedDns > 50 && decodedHttp > 20 && decodedTls > 10 && decodedBits > 10,
+    assert.ok(decodedTcp > COUNT / 60 && decodedDns > COUNT / 120 && decodedHttp > COUNT / 300 && decodedTls > COUNT / 600 && decodedBits > COUNT / 600,
       JSON.stringify({ decodedTcp, decodedDns, decodedHttp, decodedTls, decodedBits }))
   } finally { vm.close() }
 })
@@ -162,6 +162,31 @@ test('every prefix of every seed packet decodes without error', async () => {
     const b = vm.run(prefixes, { fill: 0xa5 })
     check(b, 'prefixes')
     a.forEach((x, i) => assert.equal(x.lines[0], b[i].lines[0], `prefix ${i}`))
+  } finally { vm.close() }
+})
+
+test('64 KiB segments built to make decoders slow decode in linear time', async () => {
+  const big = (payload: string | Uint8Array) => ipv4({}, tcp({ dport: 80, flags: 'PA', payload }))
+  const blanks = ' '.repeat(64000)
+  const labels = concat(...Array.from({ length: 4000 }, () => bytes([1, 97])), bytes([0]))
+  const pointers = concat(bytes([0, 1, 0, 0, 0, 0x7f, 0, 0, 0, 0, 0, 0]), ...Array.from({ length: 8000 }, (_, i) => bytes([0xc0, 12 + 2 * Math.max(0, i - 1)])))
+  const packets = [
+    big('GET / HTTP/1.1\r\nHost:' + blanks + 'x'),
+    big('GET / HTTP/1.1\r\nHost:' + blanks + 'x\r\n\r\n'),
+    big('GET / HTTP/1.1\r\nA:' + blanks + '\r\n' + ' \t'.repeat(2000) + '\r\n\r\n'),
+    big('HTTP/1.1 200 ' + 'x'.repeat(64000)),
+    big('GET /' + 'a'.repeat(64000)),
+    big('GET ' + '/ '.repeat(32000)),
+    big(concat(bytes([0x16, 3, 1, 0xff, 0xff, 1, 0, 0xff, 0xfb, 3, 3]), new Uint8Array(64000).fill(0x10))),
+    ipv4({}, udp({ sport: 53, payload: concat(bytes([0, 1, 0x81, 0x80, 0, 1, 0xff, 0xff, 0, 0, 0, 0]), labels, bytes([0, 1, 0, 1]), pointers) })),
+  ]
+  const vm = await ProtoVM.create(wrapScript(SCRIPT), { fuel: 50_000_000 })
+  try {
+    const t0 = performance.now()
+    const r = vm.run(packets)
+    const ms = performance.now() - t0
+    check(r, 'big')
+    assert.ok(ms < 3000, `${ms.toFixed(0)} ms for ${packets.length} packets`)
   } finally { vm.close() }
 })
 

@@ -234,6 +234,14 @@ layers.http = function(t)
   return adopt(t, setmetatable({ t, t[5], HTTP, s, e, text, after, false, false, ver, tonumber(status), reason, false, false }, HTTPmt))
 end
 
+-- Blanks (space, tab) off both ends, in linear time: patterns like '^%s*(.-)%s*$' take
+-- quadratic time on a long run of blanks, and a segment may be 64 KiB.
+local function trim(s)
+  local a = find(s, '[^ \t]')
+  if not a then return '' end
+  return match(s, '^.*[^ \t]', a)
+end
+
 -- Header lines up to the empty line (or the end of the segment: a line cut by the segment's end
 -- is left out). Names are lower-cased; values lose surrounding blanks; a repeated header's
 -- values are joined with ", "; obsolete folded lines continue the value before them.
@@ -249,11 +257,11 @@ local function parse_headers(o)
     if line == '' then o[14] = sub(text, pos); break end
     local c = byte(line, 1)
     if (c == 32 or c == 9) and last then
-      h[last] = h[last] .. ' ' .. (match(line, '^%s*(.*%S)') or '')
+      h[last] = h[last] .. ' ' .. trim(line)
     else
       local name, value = match(line, '^([^:%s]+):(.*)$')
       if name then
-        value = match(value, '^%s*(.*%S)') or ''
+        value = trim(value)
         name = lower(name)
         local old = h[name]
         h[name] = old and old .. ', ' .. value or value
@@ -278,7 +286,7 @@ GH.body = function(o) if not o[13] then parse_headers(o) end; return o[14] or ni
 local function header(name) return function(o) return (o[13] or parse_headers(o))[name] end end
 -- Host without building the header table (scripts ask for it on every request): the first
 -- complete "Host:" line of the header block, unless there are two (then the joined value).
-local HOST = '\n[Hh][Oo][Ss][Tt]:[ \t]*([^\r\n]-)[ \t]*\r?\n'
+local HOST = '\n[Hh][Oo][Ss][Tt]:([^\r\n]*)\r?\n'
 GH.host = function(o)
   local h = o[13]
   if h then return h.host end
@@ -289,7 +297,7 @@ GH.host = function(o)
   local a2 = find(text, HOST, z)
   local c = byte(text, z + 1)
   if (a2 and not (stop and a2 >= stop)) or c == 32 or c == 9 then return parse_headers(o).host end
-  return v
+  return trim(v)
 end
 GH.user_agent = header('user-agent')
 GH.content_type = header('content-type')

@@ -63,7 +63,7 @@ function PKT.__index(t, k)
     local b = t[1]
     if b == nil then dead() end
     local c = t[5]
-    if not c then c = {}; t[5] = c end
+    if not c then c = { ip = nil, tcp = nil, udp = nil, payload = nil }; t[5] = c end -- presized: no rehash for the usual layers (proto-ip.lua)
     local v = c[k]
     if v == nil then
       v = f(t) or false

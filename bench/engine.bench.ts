@@ -1,6 +1,7 @@
-// Packets/s through the offline engine (issue: offline engine). Every task is one whole pass of
-// the offline loop (read capture, build batches, run, verdict accounting) over the same
-// capture; the baseline is that same loop with no VM, in the same run.
+// Packets/s through the offline engine. Every task is one whole pass of the offline loop (read
+// capture, build batches, run, verdict accounting) over the same capture; the baseline is that
+// same loop with no VM, in the same run. Each script runs twice: inline (the VM in this thread:
+// one core) and in a worker thread (as `node psd.js --pcap` runs it).
 //
 //   npm run build && node dist/bench/engine.bench.js [--packets 100000] [--json]
 import { Bench } from 'tinybench'
@@ -45,20 +46,26 @@ function on_packet(pkt)
 end`,
 }
 
-async function tenantFor(name: string, source: string): Promise<Tenant> {
+async function tenantFor(name: string, source: string, inline: boolean): Promise<Tenant> {
   const dir = tmpdir()
   const path = join(dir, `psd-bench-${name.replace(/\W+/g, '-')}.lua`)
   writeFileSync(path, source)
   const cfg: TenantConfig = { name, script: path, queues: [0], fuel: DEFAULTS.fuel, memory: DEFAULTS.memory, timeoutMs: 1000, onFault: 'accept', send: false, workers: 1 }
-  return Tenant.start(cfg, quiet, 'capture')
+  return Tenant.start(cfg, quiet, 'capture', {}, { inline })
 }
 
 const opts = { tenants: [], pcap, outputs: {}, log: quiet, progressMs: 0 }
 const bench = new Bench({ name: 'offline engine', time: 2000, iterations: 5, warmup: true })
 bench.add('baseline: offline loop, no VM', async () => { await runCapture(new NoVm(), opts, {}, quiet) })
-for (const [name, src] of Object.entries(scripts)) {
-  const t = await tenantFor(name, src)
-  bench.add(name, async () => { await runCapture({ run: (b, c, o, n) => t.run(b, c, o, n), stop() {}, stats: t.stats }, opts, {}, quiet) })
+// inline: the VM in this thread (one core, no watchdog); worker: the VM in its own worker thread
+// with the watchdog, as `node psd.js --pcap` runs it.
+for (const inline of [true, false]) {
+  for (const [name, src] of Object.entries(scripts)) {
+    const t = await tenantFor(name, src, inline)
+    bench.add(`${name} (${inline ? 'inline' : 'worker'})`, async () => {
+      await runCapture({ run: (b, c, o, n) => t.run(b, c, o, n), stop() {}, stats: t.stats } as BatchRunner, opts, {}, quiet)
+    })
+  }
 }
 await bench.run()
 

@@ -12,9 +12,9 @@ import { createPair, deletePair, liveUnavailable, nsRun, ruleCount, type Pair } 
 import { ROOT, PSD } from './lib/psd.js'
 import { addonAvailable, loadAddon } from '../src/live/nfqueue.js'
 
-const why = liveUnavailable(['ip', 'iptables', 'ping', 'curl'])
+const why = liveUnavailable(['ip', 'iptables', 'ip6tables', 'ping', 'curl'])
 const CI = process.env.CI === 'true'
-if (why && !CI) console.log(`SKIPPED: 75.services.live tests need root, iproute2, iptables, ping and curl: ${why}`)
+if (why && !CI) console.log(`SKIPPED: 75.services.live tests need root, iproute2, iptables, ip6tables, ping and curl: ${why}`)
 const live = why && !CI ? test.skip : test
 const NOT_ALLOWED = 'net.send: this tenant may not send (allow it with --allow-send or "send": true)'
 
@@ -109,6 +109,24 @@ live('the Lua ICMP responder answers ping from the peer namespace for an address
       assert.match(r.stdout, /from 192\.0\.2\.10/)
       assert.ok(ruleCount(p.b, 'filter', 'OUTPUT', 'mark match 0x5053') >= 3, 'the replies left with mark 0x5053')
       assert.is(ruleCount(p.b, 'raw', 'PREROUTING', 'NFQUEUE'), 3)
+    } finally {
+      await psd.stop()
+    }
+  })
+})
+
+live('the responder answers ping over IPv6 too (ICMPv6, raw IPv6 socket)', async () => {
+  await withPair('svc6', async (p) => {
+    nsRun(p.a, 'ip', ['addr', 'add', 'fd00:5053::1/64', 'dev', p.devA, 'nodad'])
+    nsRun(p.b, 'ip', ['addr', 'add', 'fd00:5053::2/64', 'dev', p.devB, 'nodad'])
+    nsRun(p.a, 'ip', ['-6', 'route', 'add', '2001:db8::10/128', 'via', 'fd00:5053::2'])
+    nsRun(p.b, 'ip6tables', ['-t', 'raw', '-A', 'PREROUTING', '-d', '2001:db8::10', '-p', 'icmpv6', '-j', 'NFQUEUE', '--queue-num', '0'])
+    const psd = new Psd(p.b, ['--script', script('icmp-responder.lua'), '--allow-send'])
+    try {
+      await psd.ready()
+      const r = spawnSync('ip', ['netns', 'exec', p.a, 'ping', '-6', '-n', '-c', '2', '-i', '0.3', '-W', '3', '2001:db8::10'], { encoding: 'utf8', timeout: 30_000 })
+      assert.is(r.status, 0, `ping -6 failed: ${r.stdout}${r.stderr}\npsd log:\n${psd.raw}`)
+      assert.match(r.stdout, /2 packets transmitted, 2 received/)
     } finally {
       await psd.stop()
     }

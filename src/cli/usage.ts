@@ -6,8 +6,8 @@ usage:
   node psd.js --config FILE [--pcap IN]            several tenants (JSON)
   node psd.js check FILE...                        load each script, print FILE:LINE of any error
   node psd.js bench --script FILE [--pcap IN] [--json]   per-packet cost of a script
-  node psd.js ctl [--socket PATH] COMMAND          list | stats [NAME] | load NAME FILE | unload NAME | reload [NAME]
-  node psd.js rules [--config FILE | --queue N]    print the iptables rules that feed psd's queues
+  node psd.js ctl [--socket PATH] [--json] COMMAND list | stats [NAME] | load NAME FILE [--queue N] | unload NAME | reload [NAME [FILE]]
+  node psd.js rules [--config FILE | --queue N]    print the iptables rules that feed psd's queues (--chain C, --match=ARGS)
 
 options:
   --queue N, --queues A-B     NFQUEUE number(s), one worker per queue (default 0)
@@ -23,7 +23,11 @@ options:
   --write-sent F              offline: pcap of the packets the script sends with net.send
   --allow-send                the script may use net.send
   --verdicts F                one JSON line per packet
+  --name NAME                 the tenant's name in logs, metrics and ctl (default "default")
+  --workers N                 worker threads for the tenant (default 1)
   --metrics HOST:PORT         Prometheus text at /metrics
+  --control PATH              control socket for psd ctl, mode 0600 (default /run/psd.sock)
+  --chain C, --match=ARGS     psd rules: the iptables chain and matches of the tenant's rule
   --log-format json|text      log lines on stderr (default json)
   -h, --help                  this text
 `

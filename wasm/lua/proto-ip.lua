@@ -535,9 +535,11 @@ local function ip_of(t)
 end
 R.ip_of = ip_of
 
--- TCP: [4] header offset, [5] header length, [6] IP end
+-- TCP: [4] header offset, [5] header length, [6] IP end, [7] source port, [8] destination port
+-- (the ports are read with the header length: one byte() call; a fresh object's slots are the
+-- packet's values, since every edit makes objects stale)
 local GT, ST = {}, {}
-local TCP = R.kind('tcp', GT, ST, 6, function(o) return o[4] + o[5], o[6] end)
+local TCP = R.kind('tcp', GT, ST, 8, function(o) return o[4] + o[5], o[6] end)
 
 local TCPmt = TCP.mt
 layers.tcp = function(t)
@@ -547,9 +549,11 @@ layers.tcp = function(t)
   if not ip or ip[7] ~= 6 or not ip[9] then return nil end
   local l4, iend = ip[6], ip[8]
   if l4 + 20 > iend then return nil end
-  local hl = (byte(t[1], t[2] + l4 + 13) >> 4) << 2
+  local p = t[2] + l4
+  local s1, s2, d1, d2, _, _, _, _, _, _, _, _, x = byte(t[1], p + 1, p + 13)
+  local hl = (x >> 4) << 2
   if hl < 20 or l4 + hl > iend then return nil end
-  local o = setmetatable({ t, c, TCP, l4, hl, iend }, TCPmt)
+  local o = setmetatable({ t, c, TCP, l4, hl, iend, s1 << 8 | s2, d1 << 8 | d2 }, TCPmt)
   if c[PREV] == nil then return o end
   return adopt(t, o)
 end
@@ -675,9 +679,10 @@ ST.mss = function(o, v, t)
   R.adjust_lengths(t, 4, l4)
 end
 
--- UDP: [4] header offset, [5] end of the datagram (UDP length, bounded by the IP end)
+-- UDP: [4] header offset, [5] end of the datagram (UDP length, bounded by the IP end),
+-- [6] source port, [7] destination port
 local GU, SU = {}, {}
-local UDP = R.kind('udp', GU, SU, 5, function(o) return o[4] + 8, o[5] end)
+local UDP = R.kind('udp', GU, SU, 7, function(o) return o[4] + 8, o[5] end)
 
 local UDPmt = UDP.mt
 layers.udp = function(t)
@@ -687,11 +692,11 @@ layers.udp = function(t)
   if not ip or ip[7] ~= 17 or not ip[9] then return nil end
   local l4, iend = ip[6], ip[8]
   if l4 + 8 > iend then return nil end
-  local x, y = byte(t[1], t[2] + l4 + 5, t[2] + l4 + 6)
+  local s1, s2, d1, d2, x, y = byte(t[1], t[2] + l4 + 1, t[2] + l4 + 6)
   local ul = x << 8 | y
   local uend = iend
   if ul >= 8 and l4 + ul < iend then uend = l4 + ul end
-  local o = setmetatable({ t, c, UDP, l4, uend }, UDPmt)
+  local o = setmetatable({ t, c, UDP, l4, uend, s1 << 8 | s2, d1 << 8 | d2 }, UDPmt)
   if c[PREV] == nil then return o end
   return adopt(t, o)
 end
@@ -806,14 +811,8 @@ do
     local b = t[1]
     if b == nil or t[5] ~= o[2] then return genericT(o, k) end
     local base = t[2]
-    if k == 'dstport' or k == 'dport' then
-      local p = base + o[4]
-      local x, y = byte(b, p + 3, p + 4)
-      return x << 8 | y
-    elseif k == 'srcport' or k == 'sport' then
-      local p = base + o[4]
-      local x, y = byte(b, p + 1, p + 2)
-      return x << 8 | y
+    if k == 'dstport' or k == 'dport' then return o[8]
+    elseif k == 'srcport' or k == 'sport' then return o[7]
     elseif k == 'syn' then return byte(b, base + o[4] + 14) & 2 ~= 0
     end
     local g = GT[k]
@@ -825,14 +824,8 @@ do
     local b = t[1]
     if b == nil or t[5] ~= o[2] then return genericU(o, k) end
     local base = t[2]
-    if k == 'dstport' or k == 'dport' then
-      local p = base + o[4]
-      local x, y = byte(b, p + 3, p + 4)
-      return x << 8 | y
-    elseif k == 'srcport' or k == 'sport' then
-      local p = base + o[4]
-      local x, y = byte(b, p + 1, p + 2)
-      return x << 8 | y
+    if k == 'dstport' or k == 'dport' then return o[7]
+    elseif k == 'srcport' or k == 'sport' then return o[6]
     end
     local g = GU[k]
     if g == nil then return nil end

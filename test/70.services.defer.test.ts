@@ -4,8 +4,8 @@
 // fault is logged and counted and never changes a verdict.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { runPsd, tempDir } from './lib/psd.js'
-import { timedCapture, scriptMsgs, services, callbackFaults, ns } from './lib/services.js'
+import { tempDir } from './lib/psd.js'
+import { timedCapture, scriptMsgs, services, callbackFaults, ns, runSvc } from './lib/services.js'
 
 const dir = tempDir('psd-defer-')
 // 5 packets, one second apart; the first payload byte (offset 28) is the packet's index
@@ -18,7 +18,7 @@ function on_packet(pkt)
   defer(function(id, tag) print("deferred", id, tag, time.now()) end, pkt.id, "x")
   return ACCEPT
 end`
-  const r = runPsd({ script, pcap, dir, args: ['--batch', '2'] })
+  const r = runSvc({ script, pcap, dir, args: ['--batch', '2'] })
   assert.is(r.status, 0, r.stderr)
   const t = (ms: number) => String(ns(ms))
   assert.equal(scriptMsgs(r), [
@@ -45,7 +45,7 @@ function on_packet(pkt)
     print("ran", ran)
   end
 end`
-  const r = runPsd({ script, pcap, dir, args: ['--batch', '1', '--timeout-ms', '5000'] })
+  const r = runSvc({ script, pcap, dir, args: ['--batch', '1', '--timeout-ms', '5000'] })
   assert.is(r.status, 0, r.stderr)
   const msgs = scriptMsgs(r)
   assert.is(msgs[0], 'ok\t1024\trefused\t76')
@@ -71,8 +71,8 @@ end`
   // fuel and memory: a small fuel budget, a generous clock; time: the other way round (and no
   // allocation loop, which could meet the memory budget first)
   const runs = [
-    runPsd({ script, pcap, dir, args: ['--batch', '1', '--on-fault', 'accept', '--memory', '4MiB', '--fuel', '3000000', '--timeout-ms', '20000'] }),
-    runPsd({ script: script.replace('t[k] = {}', 'k = 0'), pcap, dir, args: ['--batch', '1', '--on-fault', 'accept', '--fuel', '1000000000000', '--timeout-ms', '50'] }),
+    runSvc({ script, pcap, dir, args: ['--batch', '1', '--on-fault', 'accept', '--memory', '4MiB', '--fuel', '3000000', '--timeout-ms', '20000'] }),
+    runSvc({ script: script.replace('t[k] = {}', 'k = 0'), pcap, dir, args: ['--batch', '1', '--on-fault', 'accept', '--fuel', '1000000000000', '--timeout-ms', '50'] }),
   ]
   const kinds: string[] = []
   for (const r of runs) {
@@ -99,7 +99,7 @@ function on_packet(pkt)
   defer(function() spend(200000) print("deferred done") end)
   return DROP
 end`
-  const r = runPsd({ script, pcap, dir, args: ['--batch', '1', '--fuel', '1000000', '--timeout-ms', '10000'] })
+  const r = runSvc({ script, pcap, dir, args: ['--batch', '1', '--fuel', '1000000', '--timeout-ms', '10000'] })
   assert.is(r.status, 0, r.stderr)
   assert.ok(r.verdicts.every((v) => v.verdict === 'drop' && v.fault === null))
   assert.is(scriptMsgs(r).length, 5)
@@ -112,7 +112,7 @@ defer(print, "from the top level")
 function on_start() defer(print, "from on_start") end
 function on_packet(pkt) print("packet", pkt.id) if pkt.id == 1 then timer.after(500, function() defer(print, "from a timer") end) end end
 function on_stop() defer(print, "from on_stop") end`
-  const r = runPsd({ script, pcap, dir, args: ['--batch', '1'] })
+  const r = runSvc({ script, pcap, dir, args: ['--batch', '1'] })
   assert.is(r.status, 0, r.stderr)
   // the timer fires between packets 1 and 2 (in packet 2's batch); what it defers runs after that batch
   assert.equal(scriptMsgs(r), ['from the top level', 'from on_start', 'packet\t1', 'packet\t2', 'from a timer',
@@ -124,7 +124,7 @@ test('a deferred call that defers again runs in the next round, never in an endl
 local rounds = 0
 local function again() rounds = rounds + 1 defer(again) end
 function on_packet(pkt) if pkt.id == 1 then defer(again) end print("rounds", rounds) end`
-  const r = runPsd({ script, pcap, dir, args: ['--batch', '1'] })
+  const r = runSvc({ script, pcap, dir, args: ['--batch', '1'] })
   assert.is(r.status, 0, r.stderr)
   // one round after each batch: the chain advances by one per packet
   assert.equal(scriptMsgs(r), ['rounds\t0', 'rounds\t1', 'rounds\t2', 'rounds\t3', 'rounds\t4'])
@@ -135,7 +135,7 @@ function on_packet(pkt) if pkt.id == 1 then defer(again) end print("rounds", rou
 })
 
 test('defer with something that is not a function is an error at the call, with file:line', () => {
-  const r = runPsd({ script: 'function on_packet(pkt)\n  defer(42)\nend', pcap, dir })
+  const r = runSvc({ script: 'function on_packet(pkt)\n  defer(42)\nend', pcap, dir })
   assert.is(r.status, 0, r.stderr)
   assert.ok(r.verdicts.every((v) => v.fault === 'error'))
   const err = r.logs.find((l) => l.fault === 'error')
@@ -149,8 +149,8 @@ function on_packet(pkt)
   defer(function(v) acc = acc * 31 + v print("acc", acc, time.now()) end, pkt.id)
   if acc % 2 == 0 then return DROP end
 end`
-  const a = runPsd({ script, pcap, dir, args: ['--batch', '2'] })
-  const b = runPsd({ script, pcap, dir, args: ['--batch', '2'] })
+  const a = runSvc({ script, pcap, dir, args: ['--batch', '2'] })
+  const b = runSvc({ script, pcap, dir, args: ['--batch', '2'] })
   assert.is(a.status, 0, a.stderr)
   assert.is(b.status, 0, b.stderr)
   assert.is(scriptMsgs(a).length, 5, a.stderr)

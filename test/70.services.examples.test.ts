@@ -5,9 +5,9 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { join } from 'node:path'
-import { runPsd, tempDir, readPcap, ROOT } from './lib/psd.js'
+import { tempDir, readPcap, ROOT } from './lib/psd.js'
 import { ipv4, ipv6, tcp, udp, icmpEcho, icmp6Echo } from './lib/packets.js'
-import { timedCapture, scriptMsgs, services, T0 } from './lib/services.js'
+import { timedCapture, scriptMsgs, services, T0, runSvc } from './lib/services.js'
 import { verify } from '../src/packet/checksum.js'
 import { hasTshark, tsharkFields } from './lib/pcaptools.js'
 
@@ -26,7 +26,7 @@ test('icmp-responder.lua: echo requests for its addresses are dropped and answer
   ]
   const pcap = timedCapture(dir, 'echo.pcap', packets.map((data, i) => ({ ms: i * 10, data })))
   const sent = join(dir, 'replies.pcap')
-  const r = runPsd({ scriptPath: script('icmp-responder.lua'), pcap, dir, args: ['--allow-send', '--write-sent', sent] })
+  const r = runSvc({ scriptPath: script('icmp-responder.lua'), pcap, dir, args: ['--allow-send', '--write-sent', sent] })
   assert.is(r.status, 0, r.stderr)
   assert.equal(r.verdicts.map((v) => v.verdict), ['drop', 'accept', 'accept', 'drop', 'accept'])
   assert.ok(r.verdicts.every((v) => v.fault === null))
@@ -63,7 +63,7 @@ test('tcp-reset.lua: segments to a blocked host are dropped and a RST goes back 
   ]
   const pcap = timedCapture(dir, 'tcp.pcap', packets.map((data, i) => ({ ms: i, data })))
   const sent = join(dir, 'resets.pcap')
-  const r = runPsd({ scriptPath: script('tcp-reset.lua'), pcap, dir, args: ['--allow-send', '--write-sent', sent] })
+  const r = runSvc({ scriptPath: script('tcp-reset.lua'), pcap, dir, args: ['--allow-send', '--write-sent', sent] })
   assert.is(r.status, 0, r.stderr)
   assert.equal(r.verdicts.map((v) => v.verdict), ['drop', 'drop', 'drop', 'accept', 'accept', 'drop'])
   const rs = readPcap(sent).map((x) => x.data)
@@ -83,7 +83,7 @@ test('tcp-reset.lua: segments to a blocked host are dropped and a RST goes back 
 test('rate-meter.lua: one line a second of the capture, zeros while it is quiet', () => {
   // 3 packets in second 0, 1 in second 1, none in seconds 2-3, 2 in second 4
   const pcap = timedCapture(dir, 'rate.pcap', [0, 100, 900, 1500, 4100, 4200].map((ms) => ({ ms })))
-  const r = runPsd({ scriptPath: script('rate-meter.lua'), pcap, dir })
+  const r = runSvc({ scriptPath: script('rate-meter.lua'), pcap, dir })
   assert.is(r.status, 0, r.stderr)
   const size = 29 // IPv4 + UDP + 1 byte
   assert.equal(scriptMsgs(r), [

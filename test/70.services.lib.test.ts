@@ -4,15 +4,15 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { join } from 'node:path'
-import { runPsd, tempDir } from './lib/psd.js'
-import { timedCapture, scriptMsgs, ns } from './lib/services.js'
+import { tempDir } from './lib/psd.js'
+import { timedCapture, scriptMsgs, ns, runSvc } from './lib/services.js'
 
 const dir = tempDir('psd-lib-')
 // the capture goes back in time at packet 3
 const pcap = timedCapture(dir, 'four.pcap', [0, 1500.25, 1000, 2000].map((ms) => ({ ms })))
 
 function run(body: string, args: string[] = []) {
-  const r = runPsd({ script: body, pcap, dir, args: ['--timeout-ms', '5000', ...args] })
+  const r = runSvc({ script: body, pcap, dir, args: ['--timeout-ms', '5000', ...args] })
   assert.is(r.status, 0, r.stderr)
   return r
 }

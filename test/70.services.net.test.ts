@@ -6,9 +6,9 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { join } from 'node:path'
 import { writeFileSync, existsSync } from 'node:fs'
-import { runPsd, psd, tempDir, readPcap } from './lib/psd.js'
+import { psd, tempDir, readPcap } from './lib/psd.js'
 import { ipv4, ipv6, udp, tcp, icmpEcho } from './lib/packets.js'
-import { timedCapture, scriptMsgs, services, callbackFaults, ns, T0 } from './lib/services.js'
+import { timedCapture, scriptMsgs, services, callbackFaults, ns, T0, runSvc } from './lib/services.js'
 import { verify } from '../src/packet/checksum.js'
 import { hasTshark, tsharkFields } from './lib/pcaptools.js'
 
@@ -19,7 +19,7 @@ const NOT_ALLOWED = 'net.send: this tenant may not send (allow it with --allow-s
 test('a tenant without permission cannot send: a clear error at the call (the fault verdict), counted', () => {
   const script = 'function on_packet(pkt)\n  net.send(pkt:copy())\n  return DROP\nend'
   const sent = join(dir, 'refused.pcap')
-  const r = runPsd({ script, pcap, dir, args: ['--write-sent', sent] })
+  const r = runSvc({ script, pcap, dir, args: ['--write-sent', sent] })
   assert.is(r.status, 0, r.stderr)
   assert.ok(r.verdicts.every((v) => v.verdict === 'accept' && v.fault === 'error'))
   const err = r.logs.find((l) => l.fault === 'error')
@@ -28,7 +28,7 @@ test('a tenant without permission cannot send: a clear error at the call (the fa
   assert.equal(services(r), { send_refused: 5 })
   assert.equal(readPcap(sent), [])
   // the same from a timer: the callback's fault, logged with the same message
-  const t = runPsd({ script: 'timer.after(10, function() net.send(("x"):rep(20)) end)\nfunction on_packet() end', pcap, dir })
+  const t = runSvc({ script: 'timer.after(10, function() net.send(("x"):rep(20)) end)\nfunction on_packet() end', pcap, dir })
   assert.equal(callbackFaults(t).map((f) => f.msg.replace(/^.*?:\d+: /, '')), [NOT_ALLOWED])
 })
 
@@ -48,7 +48,7 @@ function on_packet(pkt)
   return DROP
 end`
   const sent = join(dir, 'sent.pcap')
-  const r = runPsd({ script, pcap, dir, args: ['--allow-send', '--write-sent', sent] })
+  const r = runSvc({ script, pcap, dir, args: ['--allow-send', '--write-sent', sent] })
   assert.is(r.status, 0, r.stderr)
   assert.ok(r.verdicts.every((v) => v.verdict === 'drop' && v.fault === null))
   assert.equal(scriptMsgs(r), Array(5).fill('sent\ttrue'))
@@ -87,7 +87,7 @@ function on_packet(pkt)
   return DROP
 end`
   const sent = join(dir, 'sent6.pcap')
-  const r = runPsd({ script, pcap: cap, dir, args: ['--allow-send', '--write-sent', sent] })
+  const r = runSvc({ script, pcap: cap, dir, args: ['--allow-send', '--write-sent', sent] })
   assert.is(r.status, 0, r.stderr)
   const recs = readPcap(sent)
   assert.is(recs.length, 2)
@@ -111,12 +111,12 @@ test('what cannot be sent is an error at the call', () => {
     ['net.send()', /net\.send: packet bytes \(a string\) or a packet object expected, got nil/],
   ]
   for (const [call, re] of cases) {
-    const r = runPsd({ script: `function on_packet(pkt)\n  ${call}\nend`, pcap, dir, args: ['--allow-send'] })
+    const r = runSvc({ script: `function on_packet(pkt)\n  ${call}\nend`, pcap, dir, args: ['--allow-send'] })
     assert.ok(r.verdicts.every((v) => v.fault === 'error'), call)
     assert.match(r.logs.find((l) => l.fault === 'error').msg, new RegExp('script\\.lua:2: (' + re.source + ')'), call)
   }
   // a packet kept past its call is dead
-  const r = runPsd({ script: 'local last\nfunction on_packet(pkt)\n  if last then net.send(last) end\n  last = pkt\nend', pcap, dir, args: ['--allow-send'] })
+  const r = runSvc({ script: 'local last\nfunction on_packet(pkt)\n  if last then net.send(last) end\n  last = pkt\nend', pcap, dir, args: ['--allow-send'] })
   assert.match(r.logs.find((l) => l.fault === 'error').msg, /script\.lua:3: net\.send: packet used after its call returned \(send a pkt:copy\(\)\)/)
 })
 
@@ -132,7 +132,7 @@ function on_packet(pkt)
   print(pkt.id, ok, refused)
 end`
   const sent = join(dir, 'rate-sent.pcap')
-  const r = runPsd({ script, pcap: cap, dir, args: ['--allow-send', '--write-sent', sent, '--timeout-ms', '5000'] })
+  const r = runSvc({ script, pcap: cap, dir, args: ['--allow-send', '--write-sent', sent, '--timeout-ms', '5000'] })
   assert.is(r.status, 0, r.stderr)
   // 200 (the burst); +1 token after 1 ms; +99 after 99 ms more; full (200) after 900 ms; empty again
   assert.equal(scriptMsgs(r), ['1\t200\t50', '2\t1\t249', '3\t99\t151', '4\t200\t50', '5\t0\t250'])
@@ -150,7 +150,7 @@ function on_packet(pkt)
   if pkt.id == 4 then defer(function(p) net.send(p) end, pkt:copy()) end
 end`
   const sent = join(dir, 'cb-sent.pcap')
-  const r = runPsd({ script, pcap, dir, args: ['--allow-send', '--write-sent', sent, '--batch', '1'] })
+  const r = runSvc({ script, pcap, dir, args: ['--allow-send', '--write-sent', sent, '--batch', '1'] })
   assert.is(r.status, 0, r.stderr)
   const recs = readPcap(sent)
   assert.equal(recs.map((x) => [x.sec, x.nsec]), [[T0 + 1, 500_000_000], [T0 + 3, 0]])
@@ -176,7 +176,7 @@ test('a config file with "send": true allows sending; {tenant} names each tenant
 })
 
 test('--allow-send without --write-sent: sends are allowed and counted, and nothing leaves offline', () => {
-  const r = runPsd({ script: 'function on_packet(pkt) assert(net.send(pkt)) end', pcap, dir, args: ['--allow-send'] })
+  const r = runSvc({ script: 'function on_packet(pkt) assert(net.send(pkt)) end', pcap, dir, args: ['--allow-send'] })
   assert.is(r.status, 0, r.stderr)
   assert.ok(r.verdicts.every((v) => v.fault === null))
   assert.equal(services(r), { sent: 5 })

@@ -4,8 +4,8 @@
 // catching up over quiet periods, and the bound on one round of firings.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { runPsd, tempDir } from './lib/psd.js'
-import { timedCapture, scriptMsgs, services, callbackFaults, ns } from './lib/services.js'
+import { tempDir } from './lib/psd.js'
+import { timedCapture, scriptMsgs, services, callbackFaults, ns, runSvc } from './lib/services.js'
 
 const dir = tempDir('psd-timer-')
 const pcap = timedCapture(dir, 'five.pcap', [0, 1000, 2000, 3000, 4000].map((ms) => ({ ms })))
@@ -23,7 +23,7 @@ function on_packet(pkt) print("packet", pkt.id, time.now()) end`
     `after\t${t(2500)}`, `every\t${t(3000)}`, `packet\t4\t${t(3000)}`, `every\t${t(4000)}`, `packet\t5\t${t(4000)}`,
   ]
   for (const batch of ['128', '1', '3']) {
-    const r = runPsd({ script, pcap, dir, args: ['--batch', batch] })
+    const r = runSvc({ script, pcap, dir, args: ['--batch', batch] })
     assert.is(r.status, 0, r.stderr)
     assert.equal(scriptMsgs(r), expected, `--batch ${batch}`)
     assert.equal(services(r), { timers_fired: 5 })
@@ -36,13 +36,13 @@ function on_packet(pkt)
   print("packet", pkt.id)
   if pkt.id == 1 then timer.after(1500, function(h) print("fired", tostring(h), time.now()) end) end
 end`
-  const r = runPsd({ script, pcap, dir })
+  const r = runSvc({ script, pcap, dir })
   assert.is(r.status, 0, r.stderr)
   assert.equal(scriptMsgs(r), ['packet\t1', 'packet\t2', `fired\ttimer (done)\t${t(1500)}`, 'packet\t3', 'packet\t4', 'packet\t5'])
 })
 
 test('time.now() before the first packet (top level, on_start) is the capture\'s first timestamp', () => {
-  const r = runPsd({ script: 'print("top", time.now())\nfunction on_start() print("start", time.now()) end\nfunction on_packet() end', pcap, dir })
+  const r = runSvc({ script: 'print("top", time.now())\nfunction on_start() print("start", time.now()) end\nfunction on_packet() end', pcap, dir })
   assert.equal(scriptMsgs(r), [`top\t${t(0)}`, `start\t${t(0)}`])
 })
 
@@ -57,7 +57,7 @@ end)
 local h2 = timer.after(1500, function() print("never") end)
 print("cancel h2", h2:cancel())
 function on_packet() end`
-  const r = runPsd({ script, pcap, dir })
+  const r = runSvc({ script, pcap, dir })
   assert.is(r.status, 0, r.stderr)
   assert.equal(scriptMsgs(r), ['cancel h2\ttrue', 'tick\t1', 'tick\t2', 'cancel\ttrue\tfalse\ttimer (done)'])
   assert.equal(services(r), { timers_fired: 2 })
@@ -73,7 +73,7 @@ print("again", (pcall(timer.every, 10, function() end)))
 function on_packet(pkt)
   if pkt.id == 1 then timer.after(1, print) end
 end`
-  const r = runPsd({ script, pcap, dir, args: ['--timeout-ms', '5000'] })
+  const r = runSvc({ script, pcap, dir, args: ['--timeout-ms', '5000'] })
   assert.is(r.status, 0, r.stderr)
   const msgs = scriptMsgs(r)
   assert.is(msgs[0], 'false\ttimer.after: too many timers (the tenant may have 256 at once)')
@@ -94,7 +94,7 @@ test('bad arguments are errors at the call', () => {
     ['timer.every(10, {})', /timer\.every: function expected, got table/],
   ]
   for (const [call, re] of cases) {
-    const r = runPsd({ script: `function on_packet()\n  ${call}\nend`, pcap, dir })
+    const r = runSvc({ script: `function on_packet()\n  ${call}\nend`, pcap, dir })
     assert.ok(r.verdicts.every((v) => v.fault === 'error'), call)
     assert.match(r.logs.find((l) => l.fault === 'error').msg, new RegExp('script\\.lua:2: ' + re.source), call)
   }
@@ -110,7 +110,7 @@ timer.every(1000, function()
 end)
 timer.after(1500, function() while true do end end)
 function on_packet() return DROP end`
-  const r = runPsd({ script, pcap, dir, args: ['--fuel', '200000', '--on-fault', 'accept', '--timeout-ms', '5000'] })
+  const r = runSvc({ script, pcap, dir, args: ['--fuel', '200000', '--on-fault', 'accept', '--timeout-ms', '5000'] })
   assert.is(r.status, 0, r.stderr)
   assert.equal(r.verdicts.map((v) => [v.verdict, v.fault]), Array(5).fill(['drop', null]))
   assert.equal(scriptMsgs(r), ['even tick\t2', 'even tick\t4'])
@@ -127,12 +127,12 @@ test('offline a periodic timer catches up over a quiet stretch of the capture, a
 local n = 0
 timer.every(100, function() n = n + 1 end)
 function on_packet(pkt) print("packet", pkt.id, n) end`
-  let r = runPsd({ script, pcap: gap10s, dir })
+  let r = runSvc({ script, pcap: gap10s, dir })
   assert.equal(scriptMsgs(r), ['packet\t1\t0', 'packet\t2\t100'])
   assert.equal(services(r), { timers_fired: 100 })
 
   const gap1h = timedCapture(dir, 'gap1h.pcap', [{ ms: 0 }, { ms: 3_600_000 }, { ms: 3_600_000.5 }, { ms: 3_600_002 }])
-  r = runPsd({ script: script.replace('every(100', 'every(1'), pcap: gap1h, dir })
+  r = runSvc({ script: script.replace('every(100', 'every(1'), pcap: gap1h, dir })
   // 1000 firings (1..1000 ms), then it skips to 3600001 ms, fires there (before packet 4), and at 3600002
   assert.equal(scriptMsgs(r), ['packet\t1\t0', 'packet\t2\t1000', 'packet\t3\t1000', 'packet\t4\t1002'])
   assert.equal(services(r), { timers_fired: 1002, timers_skipped: 3_599_000 })
@@ -146,7 +146,7 @@ function on_packet(pkt)
   if pkt.id == 1 then timer.after(0, again) end
   print("packet", pkt.id, n)
 end`
-  const r = runPsd({ script, pcap, dir })
+  const r = runSvc({ script, pcap, dir })
   assert.is(r.status, 0, r.stderr)
   assert.equal(scriptMsgs(r), ['packet\t1\t0', 'packet\t2\t10000', 'packet\t3\t20000', 'packet\t4\t30000', 'packet\t5\t40000'])
   assert.equal(services(r), { timers_fired: 40000, timers_postponed: 4 })
@@ -154,7 +154,7 @@ end`
 })
 
 test('timers not yet due when the capture ends do not fire', () => {
-  const r = runPsd({ script: 'local h = timer.after(10000, function() print("late") end)\nfunction on_packet() end\nfunction on_stop() print("stop", tostring(h)) end', pcap, dir })
+  const r = runSvc({ script: 'local h = timer.after(10000, function() print("late") end)\nfunction on_packet() end\nfunction on_stop() print("stop", tostring(h)) end', pcap, dir })
   assert.equal(scriptMsgs(r), ['stop\ttimer (active)'])
 })
 
@@ -163,9 +163,11 @@ test('an offline run with timers is deterministic', () => {
 local seen = 0
 timer.every(700, function() print("tick", seen, time.now(), time.mono()) end)
 function on_packet(pkt) seen = seen + 1 if seen % 2 == 0 then timer.after(300, function() print("half", time.now()) end) end end`
-  const a = runPsd({ script, pcap, dir, args: ['--batch', '2'] })
-  const b = runPsd({ script, pcap, dir, args: ['--batch', '5'] })
-  assert.ok(scriptMsgs(a).length > 5)
+  const a = runSvc({ script, pcap, dir, args: ['--batch', '2'] })
+  const b = runSvc({ script, pcap, dir, args: ['--batch', '5'] })
+  assert.is(a.status, 0, a.stderr)
+  assert.is(b.status, 0, b.stderr)
+  assert.ok(scriptMsgs(a).length > 5, a.stderr)
   assert.equal(scriptMsgs(a), scriptMsgs(b))
 })
 

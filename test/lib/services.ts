@@ -3,6 +3,7 @@
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pcapBytes, LINK, ipv4, udp } from './packets.js'
+import { runPsd } from './psd.js'
 
 export const T0 = 1_700_000_000
 
@@ -36,4 +37,13 @@ export function services(run: { logs: any[] }): Record<string, number> {
 /** Error lines of faults in deferred calls or timer callbacks. */
 export function callbackFaults(run: { logs: any[] }): any[] {
   return run.logs.filter((l) => l.level === 'error' && (l.in === 'deferred call' || l.in === 'timer callback'))
+}
+
+/**
+ * runPsd with a generous clock (--timeout-ms 5000) unless the test gives its own: on a busy
+ * machine a 50 ms budget can run out where time is not what a test is about.
+ */
+export function runSvc(opts: Parameters<typeof runPsd>[0]): ReturnType<typeof runPsd> {
+  const args = opts.args ?? []
+  return runPsd({ ...opts, args: args.includes('--timeout-ms') ? args : [...args, '--timeout-ms', '5000'] })
 }

@@ -145,13 +145,16 @@ local function add(name, ms, fn, every)
   local ns = tointeger(floor(ms * 1000000))
   local h = setmetatable({}, HANDLE)
   local r = { due = tclock() + ns, id = nextid, period = every and ns or false, fn = fn, lag = 0, handle = h, pos = false }
+  -- every allocation before the host counts the timer, so a memory fault cannot leak a count
+  recs[h] = r
+  heap[n + 1] = r
   if not timer_add() then
+    recs[h] = nil
+    heap[n + 1] = nil
     error(format('timer.%s: too many timers (the tenant may have %d at once)', name, H.timer_max()), 3)
   end
   nextid = nextid + 1
-  recs[h] = r
   n = n + 1
-  heap[n] = r
   up(n)
   update()
   return h

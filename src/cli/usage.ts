@@ -24,7 +24,7 @@ options:
   --allow-send                the script may use net.send
   --verdicts F                one JSON line per packet
   --name NAME                 the tenant's name in logs, metrics and ctl (default "default")
-  --workers N                 worker threads for the tenant (default 1)
+  --workers N                 reserved (psd runs one VM per queue of the tenant)
   --metrics HOST:PORT         Prometheus text at /metrics
   --control PATH              control socket for psd ctl, mode 0600 (default /run/psd.sock)
   --chain C, --match=ARGS     psd rules: the iptables chain and matches of the tenant's rule

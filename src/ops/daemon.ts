@@ -64,7 +64,7 @@ export class Ops {
             reloadAll: () => ops.reloadAll('ctl'),
           })
         } catch (e) {
-          throw new ConfigError(`control socket ${opts.control}: ${(e as Error).message}`)
+          throw new ConfigError((e as Error).message)
         }
         opts.log.info('control socket', { path: opts.control })
       }

@@ -78,16 +78,54 @@ export class Lane {
 
   constructor(readonly slot: TenantSlot, readonly queue: number, public engine: Engine, private observer: SlotObserver | null) {}
 
-  /** stats.* values of the script versions this lane ran before (a key the current version
-   *  has not set yet shows its last value from before the reload) */
-  carried = new Map<string, number>()
+  /**
+   * The engine this lane ran before the current one, still referenced: an engine in another
+   * thread may report its last counters after it was retired. Older ones are folded into
+   * `folded` (counters summed, stats: last value of each name).
+   */
+  private previous: Engine | null = null
+  private folded = { faults: {} as Record<string, number>, rebuilds: 0, services: {} as Record<string, number>, stats: new Map<string, number>() }
 
-  /** The script's stats.* values: the current version's, over those carried from before. */
+  /** The script's stats.* values: the current version's, over those of the versions before
+   *  (a name the current version has not set yet shows its last value from before the reload). */
   get stats(): Map<string, number> {
-    if (this.carried.size === 0) return this.engine.stats
-    const m = new Map(this.carried)
+    if (this.previous === null && this.folded.stats.size === 0) return this.engine.stats
+    const m = new Map(this.folded.stats)
+    if (this.previous) for (const [k, v] of this.previous.stats) m.set(k, v)
     for (const [k, v] of this.engine.stats) m.set(k, v)
     return m
+  }
+
+  /** Faults by kind of every engine this lane had. */
+  faults(into: Record<string, number>): void {
+    const add = (f: Record<string, number>) => { for (const [k, v] of Object.entries(f)) into[k] = (into[k] ?? 0) + v }
+    add(this.folded.faults)
+    if (this.previous) add(this.previous.counters.faults)
+    add(this.engine.counters.faults)
+  }
+
+  rebuilds(): number { return this.folded.rebuilds + (this.previous?.counters.rebuilds ?? 0) + this.engine.counters.rebuilds }
+
+  services(into: Record<string, number>): void {
+    const add = (c: object | undefined) => { for (const [k, v] of Object.entries(c ?? {})) if (typeof v === 'number') into[k] = (into[k] ?? 0) + v }
+    add(this.folded.services)
+    add(this.previous?.services?.counters)
+    add(this.engine.services?.counters)
+  }
+
+  /** Makes `engine` current; returns the one it replaces (which the caller retires). */
+  swap(engine: Engine): Engine {
+    const old = this.engine
+    const p = this.previous
+    if (p) {
+      for (const [k, v] of Object.entries(p.counters.faults)) this.folded.faults[k] = (this.folded.faults[k] ?? 0) + v
+      this.folded.rebuilds += p.counters.rebuilds
+      for (const [k, v] of Object.entries(p.services?.counters ?? {})) if (typeof v === 'number') this.folded.services[k] = (this.folded.services[k] ?? 0) + v
+      for (const [k, v] of p.stats) this.folded.stats.set(k, v)
+    }
+    this.previous = old
+    this.engine = engine
+    return old
   }
 
   acquire(): Promise<void> | undefined {
@@ -174,8 +212,6 @@ export class TenantSlot {
   generation = 1
   loadedAt = new Date()
   readonly lanes: Lane[] = []
-  /** counters of the engines that were replaced (their own counters went with them) */
-  readonly retired = { faults: {} as Record<string, number>, rebuilds: 0, services: {} as Record<string, number> }
   readonly reloads = { ok: 0, failed: 0 }
   lastReload: { time: string; ok: boolean; error?: string } | null = null
   private reloading: Promise<unknown> = Promise.resolve()
@@ -204,18 +240,16 @@ export class TenantSlot {
 
   /** Faults of every engine this tenant had, by kind. */
   faults(): Record<string, number> {
-    const f: Record<string, number> = { ...this.retired.faults }
-    for (const l of this.lanes) for (const [k, v] of Object.entries(l.engine.counters.faults)) f[k] = (f[k] ?? 0) + v
+    const f: Record<string, number> = {}
+    for (const l of this.lanes) l.faults(f)
     return f
   }
 
-  rebuilds(): number { return this.lanes.reduce((a, l) => a + l.engine.counters.rebuilds, this.retired.rebuilds) }
+  rebuilds(): number { return this.lanes.reduce((a, l) => a + l.rebuilds(), 0) }
 
   services(): Record<string, number> {
-    const s: Record<string, number> = { ...this.retired.services }
-    for (const l of this.lanes) {
-      for (const [k, v] of Object.entries(l.engine.services?.counters ?? {})) if (typeof v === 'number') s[k] = (s[k] ?? 0) + v
-    }
+    const s: Record<string, number> = {}
+    for (const l of this.lanes) l.services(s)
     return s
   }
 
@@ -228,15 +262,7 @@ export class TenantSlot {
 
   /** Swaps a lane's engine; the old engine's counters and stats stay counted. */
   replace(lane: Lane, engine: Engine): Engine {
-    const old = lane.engine
-    for (const [k, v] of Object.entries(old.counters.faults)) this.retired.faults[k] = (this.retired.faults[k] ?? 0) + v
-    this.retired.rebuilds += old.counters.rebuilds
-    for (const [k, v] of Object.entries(old.services?.counters ?? {})) if (typeof v === 'number') this.retired.services[k] = (this.retired.services[k] ?? 0) + v
-    // the old version's stats stay visible until the new version sets the same names (a
-    // script that wants a count to go on across reloads hands it over in on_stop/on_reload)
-    lane.carried = lane.stats
-    lane.engine = engine
-    return old
+    return lane.swap(engine)
   }
 
   /** The stats of `ctl stats NAME` and of SIGUSR1's log line. */

@@ -31,7 +31,7 @@ class QueueLoop {
   packets = 0
 
   constructor(readonly lane: Lane) {
-    this.q = NfQueue.open({ queue: lane.queue, maxlen: 8192 })
+    this.q = NfQueue.open({ queue: lane.queue, maxlen: 32768 }) // room for seconds of traffic on a busy 2-core machine
     this.buf = new Uint8Array(Math.max(MAX_BATCH_BYTES, this.q.maxRecord))
     this.q.onReadable(() => { if (!this.busy) this.busy = this.drain().finally(() => { this.busy = null }) })
   }
@@ -70,7 +70,7 @@ class QueueLoop {
     this.q.onReadable(null)
     if (this.busy) await this.busy
     let drained = 0, n: number
-    const end = Date.now() + 2000
+    const end = Date.now() + 10_000
     while (Date.now() < end && (n = this.q.receive(this.buf, BATCH)) > 0) { await this.batch(n); drained += n }
     this.q.close({ settle: NF_ACCEPT })
     return drained

@@ -27,7 +27,8 @@ class Psd {
   closed = false
   readonly exited: Promise<void>
   constructor(ns: string, args: string[], hardMs = 60_000) {
-    this.child = spawn('ip', ['netns', 'exec', ns, process.execPath, PSD, ...args], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] })
+    // a generous clock: these tests are about services, not budgets, and the machine may be busy
+    this.child = spawn('ip', ['netns', 'exec', ns, process.execPath, PSD, ...args, '--timeout-ms', '2000'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] })
     this.child.stderr!.setEncoding('utf8').on('data', (s: string) => {
       this.raw += s
       this.buf += s

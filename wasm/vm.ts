@@ -205,6 +205,10 @@ export class LuaVM {
 
   get memoryUsed(): number { return this.memUsed }
   get isBroken(): boolean { return this.broken }
+  /** Why this VM should be replaced by one built from the script, or null while it is fine. */
+  get rebuildReason(): string | null { return this.broken ? 'the VM crashed' : this.exhausted }
+  private exhausted: string | null = null
+  private collectRef = 0
 
   // ---------------------------------------------------------------- setup
 
@@ -348,6 +352,8 @@ export class LuaVM {
       if (st !== 0) throw new LoadError(`psd prelude ${file} failed: ${this.str(-1)}`)
     }
     ex.lua_settop(L, 1)
+    if (ex.lua_getfield(L, 1, this.cstr('collect')) === LUA_TFUNCTION) this.collectRef = ex.luaL_ref(L, LUA_REGISTRYINDEX)
+    else ex.lua_settop(L, 1)
     ex.lua_getfield(L, 1, this.cstr('run'))
     ex.lua_rotate(L, 1, 1)
     // stack: 1 = P.run, 2 = P
@@ -561,7 +567,7 @@ export class LuaVM {
     const now = performance.now()
     if (this.callStart === 0) this.callStart = now
     else if (now - this.callStart > this.timeoutMs) { this.raise(L, F_TIME); return }
-    if (this.watched) this.noteLine(L)
+    this.noteLine(L)
     const n = Math.min(HOOK_PERIOD, this.left)
     this.left -= n
     this.ex.lua_sethook(L, this.hookPtr, LUA_MASKCOUNT, n)
@@ -592,7 +598,12 @@ export class LuaVM {
 
   private allocFailed(ptr: number, nsize: number, retry: boolean): number {
     if (!this.inCall) return 0
-    if (!this.faultWhere) this.faultWhere = this.scriptLine(this.L)
+    // The stack can be walked for the line only while it is whole: a new block, not a reallocation
+    // (the stack's own reallocation holds its pointers as offsets meanwhile).
+    if (!this.faultWhere && ptr === 0) {
+      const line = this.scriptLineNumber(this.L)
+      if (line > 0) this.faultWhere = `${this.scriptPath}:${line}`
+    }
     // Lua runs a full collection and tries once more (the same ptr and size): the hook decides
     // at the next instruction whether that rescued it.
     if (!retry) { this.pendingPtr = ptr; this.pendingSize = nsize }
@@ -672,7 +683,30 @@ export class LuaVM {
       }
     }
     if (this.broken && st === 0) st = -1
+    if (st !== 0 && !this.broken && (this.fault === F_MEMORY || st === LUA_ERRMEM)) this.afterMemoryFault()
     return st
+  }
+
+  /**
+   * A call ran out of memory: collect what it left (the next call must not fail on that
+   * garbage), and if the budget stays nearly full of what the script keeps, this VM cannot go
+   * on; it is to be rebuilt from the script.
+   */
+  private afterMemoryFault(): void {
+    const ex = this.ex, L = this.L
+    if (!this.collectRef || !this.meterMemory) return
+    ex.lua_rawgeti(L, LUA_REGISTRYINDEX, BigInt(this.collectRef))
+    try {
+      if (ex.lua_pcallk(L, 0, 0, 0, 0, 0) !== 0) ex.lua_settop(L, -2)
+    } catch (e) {
+      this.broken = true
+      this.faultWhere = `collecting after a memory fault: ${(e as Error)?.message ?? e}`
+      return
+    }
+    const free = this.memLimit - this.memUsed
+    if (free < Math.max(256 << 10, this.memLimit / 20)) {
+      this.exhausted = `the memory budget stayed full after a full collection (${this.memUsed} of ${this.memLimit} bytes held by the script)`
+    }
   }
 
   private faultKindOf(status: number): number {
@@ -686,7 +720,12 @@ export class LuaVM {
     switch (kind) {
       case F_FUEL: return `${this.scriptPath}: fuel budget exhausted (${this.fuel} instructions) at ${where}`
       case F_TIME: return `${this.scriptPath}: time budget exhausted (${this.timeoutMs} ms) at ${where}`
-      case F_MEMORY: return `${this.scriptPath}: memory budget exhausted (${this.memLimit} bytes)${where ? ' at ' + where : ''}`
+      case F_MEMORY: {
+        // no line from the failed allocation (a stack or table growing): the last one the hook saw
+        const p = this.progress
+        const at = where || (p[PROGRESS.lineCall] === p[PROGRESS.calls] && p[PROGRESS.line] > 0 ? `${this.scriptPath}:${p[PROGRESS.line]}` : '')
+        return `${this.scriptPath}: memory budget exhausted (${this.memLimit} bytes)${at ? ' at ' + at : ''}`
+      }
       case F_CRASH: return `${this.scriptPath}: VM crashed: ${where}`
       default: {
         if (this.broken) return `${this.scriptPath}: VM crashed: ${where}`

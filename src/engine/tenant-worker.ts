@@ -94,6 +94,8 @@ class WorkerHandle implements Watched {
   cpuRun = -1
   gone = false
   death: Death | null = null
+  /** packets of the batch command in flight (its records are in channel.input) */
+  batchCount = 0
   private worker: Worker
   private pending = new Map<number, (r: Reply) => void>()
   private nextId = 1
@@ -289,6 +291,13 @@ export class WorkerTenant {
     this.snap = { counters: zeroCounters(), services: {}, memory: 0 }
     if (this.stopped) return
     if (d.kind === 'time') this.kills++
+    // offline, the VM built next starts its clock at the packet that was running
+    if (d.cur > 0 && d.done < h.batchCount) {
+      const v = new DataView(h.channel.input.buffer, h.channel.input.byteOffset)
+      let p = 0
+      for (let j = 0; j < d.done; j++) p += v.getUint32(p, true)
+      this.lastClock = BigInt(v.getUint32(p + 20, true)) * 1_000_000_000n + BigInt(v.getUint32(p + 24, true))
+    }
     if (d.cur === CUR_CALLBACK || d.cur === CUR_IDLE) {
       // a timer or a deferred call ran away: no packet is waiting for it
       this.fault(d.kind === 'time' ? 'callback' : 'crash', d.kind === 'time'
@@ -350,6 +359,7 @@ export class WorkerTenant {
       const ch = h.channel
       ch.input.set(batch.subarray(pos, end))
       for (let j = 0; j < n; j++) ch.ns[j] = ns[first + j]
+      h.batchCount = n
       const { id, reply } = h.call({ c: 'batch', count: n, bytes: end - pos })
       const r = await reply
       if (r.t === 'reply') {
@@ -377,7 +387,6 @@ export class WorkerTenant {
           ? `${this.cfg.script}: time budget exhausted (${this.cfg.timeoutMs} ms) at ${this.where(d)}: the watchdog stopped its worker`
           : `${this.cfg.script}: VM crashed: ${d.detail}`
         this.packetFault(out, first, d.kind === 'time' ? F_TIME : F_CRASH, msg, ns[first], policy)
-        this.lastClock = BigInt(view.getUint32(pos + 20, true)) * 1_000_000_000n + BigInt(view.getUint32(pos + 24, true))
         pos += view.getUint32(pos, true)
         first++
       }

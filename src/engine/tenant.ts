@@ -119,7 +119,8 @@ export class Tenant {
         out.verdict[k] = policy
         this.faultLog.report(kind, out.message[k] ?? kind, ns[k])
       }
-      if (vm.isBroken) await this.rebuild('the VM crashed')
+      const why = vm.rebuildReason
+      if (why !== null) await this.rebuild(why)
     }
   }
 

@@ -9,9 +9,10 @@
 // one tick after the call began; a busy main thread can only make it later, never early.
 //
 // Stopping a thread is for threads that burn the CPU, not for threads the machine gives no CPU:
-// past the limit, the watchdog also asks the kernel how long the thread actually ran during the
-// call (/proc/.../schedstat) and lets a starved call go on (up to STARVED_FACTOR times the limit),
-// since a rebuilt worker, cold, would only be slower. Without /proc it goes by the clock alone.
+// the watchdog also asks the kernel how long the thread actually ran during the call
+// (/proc/.../schedstat, read from a call's second look on) and lets a starved call go on (up to
+// STARVED_FACTOR times the limit), since a rebuilt worker, cold, would only be slower. Without
+// /proc it goes by the clock alone.
 import { readFileSync } from 'node:fs'
 import { PROGRESS } from '../../wasm/vm.js'
 
@@ -86,7 +87,8 @@ export class Watchdog {
       const calls = Atomics.load(p, PROGRESS.calls)
       if (calls !== w.seenCalls) { w.seenCalls = calls; w.seenAt = now; w.cpuAt = -1; continue }
       const ran = now - w.seenAt
-      if (ran > w.limitMs / 2 && w.cpuAt < 0) { w.cpuAt = now; w.cpuRun = threadRunNs(w.tid) }
+      // a call still running at its second look: from now on its CPU time is measured too
+      if (w.cpuAt < 0) { w.cpuAt = now; w.cpuRun = threadRunNs(w.tid) }
       if (ran <= w.limitMs) continue
       // CPU time of the call: the part before measuring began counts as all running
       const run = w.cpuRun >= 0 ? threadRunNs(w.tid) : -1

@@ -9,6 +9,11 @@ local G = _G
 local pairs, next, type, error, rawget, rawset, pcall, select, setmetatable =
       pairs, next, type, error, rawget, rawset, pcall, select, setmetatable
 local tpack, tunpack = table.pack, table.unpack
+local full_gc = collectgarbage
+
+-- For the host, after a memory fault: garbage the failed call left must not fail the next one
+-- (Lua runs no emergency collection while it grows a stack).
+function P.collect() full_gc('collect') end
 
 local function copy(t, except)
   local c = {}

@@ -2,7 +2,7 @@
 import { USAGE } from './usage.js'
 import { parse, tenantFromOptions, UsageError, type RunValues } from './options.js'
 import { Logger } from '../log.js'
-import { loadConfigFile, ConfigError, parseCount, type TenantConfig } from '../config.js'
+import { loadConfigFile, ConfigError, parseCount, type TenantConfig, type Config } from '../config.js'
 import { LoadError } from '../engine/tenant.js'
 import { CaptureError } from '../pcap/reader.js'
 import { runOffline } from '../offline/run.js'
@@ -11,6 +11,8 @@ import { runCheck } from './check.js'
 import { runBench } from './bench.js'
 import { runCtl } from './ctl.js'
 import { runRules } from './rules.js'
+import { openLiveOps } from '../ops/live.js'
+import { parseListen } from '../ops/metrics.js'
 
 export async function main(argv: string[]): Promise<number> {
   let values: RunValues, positionals: string[]
@@ -53,9 +55,11 @@ function usage(msg: string): number {
 
 async function run(values: RunValues, log: Logger): Promise<number> {
   let tenants: TenantConfig[]
+  let config: Config | undefined
   if (values.config !== undefined) {
     if (values.script !== undefined) throw new UsageError('give --script or --config, not both')
-    tenants = loadConfigFile(values.config).tenants
+    config = loadConfigFile(values.config)
+    tenants = config.tenants
   } else {
     tenants = [tenantFromOptions(values)]
   }
@@ -73,11 +77,11 @@ async function run(values: RunValues, log: Logger): Promise<number> {
       },
     })
   }
-  return runLiveMode(values, tenants, log)
+  return runLiveMode(values, tenants, log, config)
 }
 
 /** Live: bind the tenants' queues (API.md section 9); returns when psd is told to stop. */
-function runLiveMode(values: RunValues, tenants: TenantConfig[], log: Logger): Promise<number> {
+async function runLiveMode(values: RunValues, tenants: TenantConfig[], log: Logger, config?: Config): Promise<number> {
   for (const o of ['write-accepted', 'write-dropped', 'write-sent', 'verdicts'] as const) {
     if (values[o] !== undefined) throw new UsageError(`--${o} works offline only (with --pcap) for now`)
   }
@@ -89,5 +93,18 @@ function runLiveMode(values: RunValues, tenants: TenantConfig[], log: Logger): P
     if (v === undefined) return undefined
     try { return parseCount(v, `--${name}`, min, max) } catch (e) { throw new UsageError((e as Error).message) }
   }
-  return runLive({ tenants, log, maxlen: count('queue-maxlen', 1, 65536), failOpen: values['fail-open'] === true, batch: count('batch', 1, 1024) })
+  // operations (src/ops): control socket, metrics, SIGHUP reload, SIGUSR1 stats, ctl load/unload
+  const metrics = values.metrics ?? config?.metrics
+  if (values.metrics !== undefined) try { parseListen(values.metrics) } catch (e) { throw new UsageError(`--metrics: ${(e as Error).message}`) }
+  // a tenant that `ctl load NAME FILE --queue N` creates gets the command line's budgets
+  const defaults = config ? undefined : (({ name, script, queues, ...rest }: TenantConfig) => rest)(tenants[0])
+  const ops = await openLiveOps({ log, configPath: values.config, metrics, control: values.control ?? config?.control, defaults })
+  try {
+    return await runLive({
+      tenants, log, maxlen: count('queue-maxlen', 1, 65536), failOpen: values['fail-open'] === true, batch: count('batch', 1, 1024),
+      startTenant: ops.startTenant, ops: ops.hooks,
+    })
+  } finally {
+    await ops.close()
+  }
 }

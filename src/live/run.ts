@@ -57,7 +57,23 @@ export interface LiveOptions {
   /** Look for a rule feeding each queue with iptables-save at start (default true). */
   checkRules?: boolean
   /** Builds the tenant instance of one queue (default: Tenant.start with the real clock). */
-  startTenant?: (cfg: TenantConfig, log: Logger) => Promise<LiveTenant>
+  startTenant?: (cfg: TenantConfig, log: Logger, queue: number) => Promise<LiveTenant>
+  /** Operations (src/ops/live.ts): SIGHUP and SIGUSR1 go there, and `psd ctl` load/unload
+   *  bind and unbind tenants' queues while psd runs. */
+  ops?: LiveOps
+}
+
+/** What src/ops needs from the live loop (ctl load/unload at run time), and gives it. */
+export interface LiveOps {
+  onHup(): void
+  onUsr1(): void
+  /** Called once the queues are bound and running. */
+  attach(live: {
+    /** Binds one queue per lane and starts feeding it; throws (nothing bound) if one cannot be. */
+    bind(cfg: TenantConfig, lanes: { queue: number; tenant: LiveTenant }[]): void
+    /** Drains and unbinds these queues (their tenants are stopped). */
+    unbind(queues: number[]): Promise<void>
+  }): void
 }
 
 const DEFAULT_BATCH = 64
@@ -69,7 +85,7 @@ const F_CRASH = FAULT_KINDS.indexOf('crash')
 const FLAG_GSO = 1, FLAG_CSUM_NOT_READY = 2
 
 /** Where net.send gets its sender, and anything else a live tenant needs, is decided here. */
-async function defaultStartTenant(cfg: TenantConfig, log: Logger): Promise<LiveTenant> {
+export async function defaultStartTenant(cfg: TenantConfig, log: Logger): Promise<LiveTenant> {
   return Tenant.start(cfg, log, 'real')
 }
 
@@ -423,7 +439,7 @@ export async function runLive(opts: LiveOptions): Promise<number> {
   // Every script loads before any queue is bound: a script that does not load takes no traffic.
   const instances: LiveTenant[] = []
   try {
-    for (const { cfg, queue } of plan) instances.push(await startTenant(cfg, log.child({ queue })))
+    for (const { cfg, queue } of plan) instances.push(await startTenant(cfg, log.child({ queue }), queue))
   } catch (e) {
     for (const t of instances) try { t.stop() } catch { /* already failing */ }
     throw e
@@ -443,7 +459,7 @@ export async function runLive(opts: LiveOptions): Promise<number> {
     plan.forEach(({ cfg, queue }, i) => {
       let q: NfQueue
       try {
-        q = NfQueue.open({ queue, maxlen: opts.maxlen ?? DEFAULT_MAXLEN, failOpen: opts.failOpen === true, gso: true, uidGid: true, batch })
+        q = NfQueue.open({ queue, maxlen: cfg.queueMaxlen ?? opts.maxlen ?? DEFAULT_MAXLEN, failOpen: cfg.failOpen ?? opts.failOpen === true, gso: true, uidGid: true, batch })
       } catch (e) {
         if (e instanceof NfQueueError) throw new NfQueueError(bindError(e, queue, cfg.name), e.code, e.errno, queue)
         throw e
@@ -475,14 +491,41 @@ export async function runLive(opts: LiveOptions): Promise<number> {
     log.info(`${sig}: draining and stopping`)
     stopRequested(0)
   }
-  const onUsr1 = () => { for (const w of workers) logQueue(w, 'stats') }
-  const onHup = () => log.warn('SIGHUP: reloading is not available in live mode yet; the scripts keep running')
+  const onUsr1 = () => { for (const w of workers) logQueue(w, 'stats'); opts.ops?.onUsr1() }
+  const onHup = opts.ops ? () => opts.ops!.onHup() : () => log.warn('SIGHUP: reloading is not available without src/ops; the scripts keep running')
   process.on('SIGTERM', onStop)
   process.on('SIGINT', onStop)
   process.on('SIGUSR1', onUsr1)
   process.on('SIGHUP', onHup)
 
   for (const w of workers) w.start()
+  // ctl load/unload (src/ops): queues bound and unbound while psd runs
+  opts.ops?.attach({
+    bind: (cfg, lanes) => {
+      const added: QueueWorker[] = []
+      try {
+        for (const { queue, tenant } of lanes) {
+          let q: NfQueue
+          try {
+            q = NfQueue.open({ queue, maxlen: cfg.queueMaxlen ?? opts.maxlen ?? DEFAULT_MAXLEN, failOpen: cfg.failOpen ?? opts.failOpen === true, gso: true, uidGid: true, batch })
+          } catch (e) {
+            if (e instanceof NfQueueError) throw new NfQueueError(bindError(e, queue, cfg.name), e.code, e.errno, queue)
+            throw e
+          }
+          added.push(new QueueWorker(cfg.name, cfg, q, tenant, log.child({ tenant: cfg.name, queue }), batch, onFatal))
+        }
+      } catch (e) {
+        for (const w of added) w.q.close()
+        throw e
+      }
+      for (const w of added) { workers.push(w); w.start() }
+    },
+    unbind: async (queues) => {
+      const gone = workers.filter((w) => queues.includes(w.queue))
+      for (const w of gone) workers.splice(workers.indexOf(w), 1)
+      await Promise.all(gone.map((w) => w.stop(drainMs)))
+    },
+  })
   log.info('ready', {
     queues: workers.map((w) => ({ tenant: w.tenantName, queue: w.queue })),
     maxlen: opts.maxlen ?? DEFAULT_MAXLEN, fail_open: opts.failOpen === true, batch,

@@ -126,19 +126,23 @@ export class Ops {
     return p
   }
 
-  /** SIGHUP: reload everything; SIGUSR1: stats to the log. Returns the function that removes them. */
+  /** SIGHUP: every tenant reloads (with --config, the config is read again first). */
+  onHup = (): void => {
+    this.opts.log.info('SIGHUP: reloading every tenant')
+    void this.reloadAll('SIGHUP').then((r) => {
+      const failed = r.filter((x) => !x.ok)
+      this.opts.log.info('SIGHUP: reload done', { reloaded: r.length - failed.length, failed: failed.length })
+    })
+  }
+
+  /** SIGUSR1: one stats line per tenant in the log. */
+  onUsr1 = (): void => { this.set.logStats() }
+
+  /** Installs onHup and onUsr1 as the SIGHUP and SIGUSR1 handlers; returns their removal. */
   installSignals(): () => void {
-    const hup = () => {
-      this.opts.log.info('SIGHUP: reloading every tenant')
-      void this.reloadAll('SIGHUP').then((r) => {
-        const failed = r.filter((x) => !x.ok)
-        this.opts.log.info('SIGHUP: reload done', { reloaded: r.length - failed.length, failed: failed.length })
-      })
-    }
-    const usr1 = () => this.set.logStats()
-    process.on('SIGHUP', hup)
-    process.on('SIGUSR1', usr1)
-    this.signals = () => { process.off('SIGHUP', hup); process.off('SIGUSR1', usr1) }
+    process.on('SIGHUP', this.onHup)
+    process.on('SIGUSR1', this.onUsr1)
+    this.signals = () => { process.off('SIGHUP', this.onHup); process.off('SIGUSR1', this.onUsr1) }
     return this.signals
   }
 

@@ -178,11 +178,13 @@ export class Lane {
     }
   }
 
-  /** Shutdown of this queue (the daemon's drain is done): on_stop, then the VM closes. */
+  /** Shutdown of this queue (the daemon's drain is done): on_stop, then the VM closes; after
+   *  a reload that is switching this lane's scripts, once it is done. */
   stop(): void {
     if (this.closed) return
     this.closed = true
-    this.engine.stop()
+    if (!this.locked) { this.engine.stop(); return }
+    void this.exclusive(async () => { this.engine.stop() })
   }
 
   private count(batch: Uint8Array, count: number, out: BatchOutput): void {

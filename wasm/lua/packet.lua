@@ -51,25 +51,33 @@ PKT.__metatable = false
 PKT.__name = 'packet'
 
 function PKT.__index(t, k)
+  -- Protocol layers first: they are what scripts read on every packet (layer names never
+  -- collide with methods or getters; proto.define refuses such names). The cache is presized
+  -- for the usual layers, so filling it does not rehash (proto-ip.lua).
+  local f = layers[k]
+  if f ~= nil then
+    local c = t[5]
+    if c then
+      local v = c[k]
+      if v ~= nil then
+        if t[1] == nil then dead() end
+        return v or nil
+      end
+    else
+      c = { ip = nil, tcp = nil, udp = nil, payload = nil }
+      t[5] = c
+    end
+    if t[1] == nil then dead() end
+    local v = f(t) or false
+    c[k] = v
+    return v or nil
+  end
   local m = methods[k]
   if m ~= nil then return m end
   local g = getters[k]
   if g ~= nil then
     if t[1] == nil then dead() end
     return g(t)
-  end
-  local f = layers[k]
-  if f ~= nil then
-    local b = t[1]
-    if b == nil then dead() end
-    local c = t[5]
-    if not c then c = { ip = nil, tcp = nil, udp = nil, payload = nil }; t[5] = c end -- presized: no rehash for the usual layers (proto-ip.lua)
-    local v = c[k]
-    if v == nil then
-      v = f(t) or false
-      c[k] = v
-    end
-    return v or nil
   end
   return nil
 end

@@ -8,7 +8,8 @@ import { join } from 'node:path'
 import { spawnSync } from 'node:child_process'
 import { parseConfig, ConfigError } from '../src/config.js'
 import { rulesText } from '../src/cli/rules.js'
-import { psd, tempDir } from './lib/psd.js'
+import { psd, tempDir, writeRawPcap } from './lib/psd.js'
+import { ipv4, udp } from './lib/packets.js'
 import { createPair, deletePair, liveUnavailable, nsRun } from './lib/netns.js'
 
 const dir = tempDir('psd-ops-config-')
@@ -125,6 +126,24 @@ test('rules: from the command line and from a config', () => {
   assert.is(r.status, 1)
   assert.match(r.stderr, /missing\.json: cannot read config/)
   assert.throws(() => rulesText({ source: 'x', tenants: [{ name: 'a', queues: [1, 3], send: false }] }), /not one range/)
+})
+
+test('logs: JSON lines with tenant and script:line; --log-format text for people', () => {
+  const bad = join(dir, 'boom.lua')
+  writeFileSync(bad, 'function on_packet(pkt)\n  log.info("seen %d", pkt.len)\n  error("boom")\nend\n')
+  const one = writeRawPcap(join(dir, 'one.pcap'), [ipv4({}, udp({ payload: 'x' }))])
+  const j = psd(['--script', bad, '--pcap', one, '--name', 'web'])
+  assert.is(j.status, 0, j.stderr)
+  const info = j.logs.find((l) => l.source === 'script')
+  assert.equal([info.level, info.tenant, info.msg, info.where], ['info', 'web', 'seen 29', `${bad}:2`])
+  assert.ok(typeof info.time === 'string' && info.script === bad)
+  const fault = j.logs.find((l) => l.fault === 'error')
+  assert.equal([fault.level, fault.tenant, fault.msg], ['error', 'web', `${bad}:3: boom`])
+  const t = psd(['--script', bad, '--pcap', one, '--name', 'web', '--log-format', 'text'])
+  assert.is(t.status, 0, t.stderr)
+  const lines = t.stderr.split('\n')
+  assert.ok(lines.some((l) => new RegExp(`^\\d{4}-\\d\\d-\\d\\dT\\S+ INFO  \\[web\\] seen 29 .*where=${bad}:2`).test(l)), t.stderr)
+  assert.ok(lines.some((l) => new RegExp(`^\\S+ ERROR \\[web\\] ${bad}:3: boom .*fault=error`).test(l)), t.stderr)
 })
 
 const why = liveUnavailable(['ip', 'iptables'])

@@ -84,6 +84,7 @@ export class Lane {
    * `folded` (counters summed, stats: last value of each name).
    */
   private previous: Engine | null = null
+  private fuelOn: Engine | null = null
   private folded = { faults: {} as Record<string, number>, rebuilds: 0, services: {} as Record<string, number>, stats: new Map<string, number>() }
 
   /** The script's stats.* values: the current version's, over those of the versions before
@@ -158,7 +159,7 @@ export class Lane {
       if (this.closed) throw new OpsError(`tenant "${this.slot.name}" was unloaded`, 'unknown-tenant')
       const engine = this.engine
       const fuel = this.observer !== null && engine.measureFuel !== undefined
-      if (fuel) engine.measureFuel!(true)
+      if (fuel && this.fuelOn !== engine) { engine.measureFuel!(true); this.fuelOn = engine } // once per engine (a message to its thread)
       await engine.run(batch, count, out, ns)
       this.count(batch, count, out)
       this.observer?.batch(this.slot, count, out, (performance.now() - startedAt) / 1000, fuel)

@@ -102,6 +102,22 @@ export function parseMatch(v: unknown, what: string): string {
 }
 const TOP_KEYS = new Set(['tenants', 'metrics', 'control'])
 
+/** ` (did you mean "fuel"?)` for a key one or two edits away from a known one, else ''. */
+function didYouMean(key: string, known: Set<string>): string {
+  const dist = (a: string, b: string): number => {
+    const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array(b.length).fill(0)])
+    for (let j = 1; j <= b.length; j++) d[0][j] = j
+    for (let i = 1; i <= a.length; i++) for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1))
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1)
+    }
+    return d[a.length][b.length]
+  }
+  let best = '', bestD = 3
+  for (const k of known) { const x = dist(key.toLowerCase(), k); if (x < bestD) { best = k; bestD = x } }
+  return best ? ` (did you mean "${best}"?)` : ''
+}
+
 /** Reads and validates a config file. Script paths are taken relative to the config file's folder. */
 export function loadConfigFile(path: string, resolveScript: (p: string) => string = (p) => p): Config {
   let raw: unknown
@@ -114,14 +130,14 @@ export function loadConfigFile(path: string, resolveScript: (p: string) => strin
 export function parseConfig(raw: unknown, path: string, resolveScript: (p: string) => string = (p) => p): Config {
   if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError(`${path}: the config must be a JSON object`)
   const o = raw as Record<string, unknown>
-  for (const k of Object.keys(o)) if (!TOP_KEYS.has(k)) throw new ConfigError(`${path}: unknown key "${k}"`)
+  for (const k of Object.keys(o)) if (!TOP_KEYS.has(k)) throw new ConfigError(`${path}: unknown key "${k}"${didYouMean(k, TOP_KEYS)}`)
   if (!Array.isArray(o.tenants) || o.tenants.length === 0) throw new ConfigError(`${path}: "tenants" must be a non-empty list`)
   const names = new Set<string>()
   const tenants = o.tenants.map((t, i) => {
     const where = `${path}: tenants[${i}]`
     if (!t || typeof t !== 'object' || Array.isArray(t)) throw new ConfigError(`${where}: must be an object`)
     const r = t as Record<string, unknown>
-    for (const k of Object.keys(r)) if (!TENANT_KEYS.has(k)) throw new ConfigError(`${where}: unknown key "${k}"`)
+    for (const k of Object.keys(r)) if (!TENANT_KEYS.has(k)) throw new ConfigError(`${where}: unknown key "${k}"${didYouMean(k, TENANT_KEYS)}`)
     if (typeof r.name !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(r.name)) throw new ConfigError(`${where}.name: expected 1-64 letters, digits, _ . or -`)
     if (names.has(r.name)) throw new ConfigError(`${where}.name: "${r.name}" is used twice`)
     names.add(r.name)

@@ -31,8 +31,9 @@ function runConfig(cfg: unknown, raw?: string) {
 const T = (o: object = {}) => ({ name: 'web', script, ...o })
 
 for (const [what, cfg, message] of [
-  ['an unknown top-level key', { tenants: [T()], metric: '1.2.3.4:5' }, /psd\.json: unknown key "metric"/],
-  ['an unknown tenant key', { tenants: [T({ fule: 5 })] }, /psd\.json: tenants\[0\]: unknown key "fule"/],
+  ['an unknown top-level key', { tenants: [T()], metric: '1.2.3.4:5' }, /psd\.json: unknown key "metric" \(did you mean "metrics"\?\)/],
+  ['an unknown tenant key', { tenants: [T({ fule: 5 })] }, /psd\.json: tenants\[0\]: unknown key "fule" \(did you mean "fuel"\?\)/],
+  ['a key nothing like a known one', { tenants: [T({ colour: 'red' })] }, /tenants\[0\]: unknown key "colour"$/],
   ['no tenants', { tenants: [] }, /psd\.json: "tenants" must be a non-empty list/],
   ['a tenant without a script', { tenants: [{ name: 'web' }] }, /tenants\[0\]\.script: expected a file path/],
   ['a bad name', { tenants: [T({ name: 'we b' })] }, /tenants\[0\]\.name: expected 1-64 letters/],

@@ -187,7 +187,12 @@ live('SIGTERM with a backlog in the queue: every queued packet gets its verdict,
     const COUNT = 3000
     const tx = flood(p, ['-n', String(COUNT), '-r', '50000'])
     const sent = (await tx.waitFor((o) => 'sent' in o, 30_000)).sent as number
-    d.kill('SIGTERM') // the sender is done; psd is still working through the backlog
+    // every datagram is in the queue (the kernel's id sequence counts them) and psd is behind
+    const kernel = () => nsRun(p.b, 'cat', ['/proc/net/netfilter/nfnetlink_queue']).trim().split(/\s+/).map(Number)
+    for (let i = 0; i < 100 && kernel()[7] < sent; i++) await sleep(20)
+    const k = kernel()
+    assert.is(k[7], sent, 'all datagrams were queued before the signal')
+    d.kill('SIGTERM') // psd is still working through the backlog
     assert.is(await d.exited, 0)
     const l = logs(d)
     const drained = l.find((o) => o.msg === 'drained on shutdown')
@@ -198,9 +203,51 @@ live('SIGTERM with a backlog in the queue: every queued packet gets its verdict,
     const got = await rx.waitFor((o) => o.event === 'done', 30_000)
     assert.is(got.rcvbufErrors, 0)
     assert.is(got.total, sent, 'and every one arrived')
+    void k
     assert.ok(l.some((o) => o.msg === 'SIGTERM: draining and stopping'))
   } finally {
     d.kill('SIGKILL'); rx.kill('SIGKILL')
+  }
+}))
+
+live('SIGHUP reads the config again: new budgets apply, tenants come and go, a broken config changes nothing', () => withPair('hupcfg', async (p) => {
+  const dir = tempDir('psd-ops-hup-')
+  const a = join(dir, 'a.lua'), b = join(dir, 'b.lua')
+  writeFileSync(a, 'function on_packet() stats.inc("a") return ACCEPT end')
+  writeFileSync(b, 'function on_packet() stats.inc("b") return DROP end')
+  const sock = join(dir, 'psd.sock')
+  const config = join(dir, 'psd.json')
+  const write = (o: object) => { writeFileSync(config + '.new', JSON.stringify({ control: sock, ...o })); renameSync(config + '.new', config) }
+  write({ tenants: [{ name: 'a', script: a, queue: 0 }] })
+  const d = daemon(p.b, config)
+  const queues = () => nsRun(p.b, 'cat', ['/proc/net/netfilter/nfnetlink_queue']).trim().split('\n').filter(Boolean).map((l) => Number(l.trim().split(/\s+/)[0])).sort()
+  const hup = async (n: number) => {
+    d.kill('SIGHUP')
+    await logLine(d, () => logs(d).filter((x) => x.msg === 'SIGHUP: reload done').length >= n, 20_000)
+  }
+  try {
+    await logLine(d, (o) => o.msg === 'ready')
+    assert.equal(queues(), [0])
+    write({ tenants: [{ name: 'a', script: a, queue: 0, fuel: 5000, on_fault: 'drop' }, { name: 'b', script: b, queues: '1-2' }] })
+    await hup(1)
+    let list: any = await request(sock, { cmd: 'list' })
+    assert.equal(list.tenants.map((t: any) => [t.name, t.queues, t.generation]), [['a', [0], 2], ['b', [1, 2], 1]])
+    assert.equal((await stats(sock, 'a')).budgets, { fuel: 5000, memory: 16 << 20, timeout_ms: 50, on_fault: 'drop' })
+    assert.equal(queues(), [0, 1, 2], 'the new tenant\'s queues are bound')
+    writeFileSync(config, '{ "tenants": [ ')
+    await hup(2)
+    assert.ok(logs(d).some((o) => o.level === 'error' && /SIGHUP: the config was not reloaded, nothing changed: .*psd\.json: not valid JSON/.test(o.msg)))
+    list = await request(sock, { cmd: 'list' })
+    assert.is(list.tenants.length, 2)
+    write({ tenants: [{ name: 'b', script: b, queues: '1-2' }] })
+    await hup(3)
+    list = await request(sock, { cmd: 'list' })
+    assert.equal(list.tenants.map((t: any) => t.name), ['b'])
+    assert.equal(queues(), [1, 2], 'the removed tenant\'s queue is unbound')
+    d.kill('SIGTERM')
+    assert.is(await d.exited, 0)
+  } finally {
+    d.kill('SIGKILL')
   }
 }))
 

@@ -74,6 +74,8 @@ function fill(p: { a: string; addrB: string }) {
 const p = createPair('ldrain')
 const drain: Record<'c' | 'psd' | 'psd_wall', number[]> = { c: [], psd: [], psd_wall: [] }
 const cpu: Record<'c' | 'psd', number[]> = { c: [], psd: [] }
+/** psd over C per round (both drained fully): the machine's load changes less within a round */
+const paired: number[] = []
 const latency: Record<string, { p50: number; p99: number; avg: number; n: number }> = {}
 try {
   nsRun(p.b, 'iptables', ['-t', 'mangle', '-A', 'INPUT', '-p', 'udp', '--dport', '9999', '-j', 'NFQUEUE', '--queue-num', '0'])
@@ -107,6 +109,7 @@ try {
     const wallPps = Math.round(packets / (wall / 1000))
     console.log(`round ${r + 1} psd: sent ${sp.sent}, queued ${queued}, drained ${q?.packets} at ${q?.pps} pps ` +
       `(from outside: ${wallPps} pps), ${(used * 1e4 / packets).toFixed(2)} us CPU/packet, ${q?.batches} batches`)
+    if (q?.packets === packets && dc.packets === packets) paired.push(+(q.pps / dc.pps).toFixed(3))
     if (q?.packets === packets) {
       drain.psd.push(q.pps)
       drain.psd_wall.push(wallPps)
@@ -147,6 +150,7 @@ const summary = {
   packets, size, rounds, cpus, batch,
   c_pps_median: median(drain.c), psd_pps_median: median(drain.psd), psd_wall_pps_median: median(drain.psd_wall),
   psd_over_c: median(drain.c) ? +(median(drain.psd) / median(drain.c)).toFixed(2) : 0,
+  psd_over_c_paired_median: median(paired), paired,
   c_cpu_us_per_packet: median(cpu.c), psd_cpu_us_per_packet: median(cpu.psd),
   c_runs: drain.c, psd_runs: drain.psd, psd_wall_runs: drain.psd_wall,
   latency_us: latency,

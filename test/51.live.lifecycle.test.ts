@@ -141,7 +141,8 @@ live('SIGINT while traffic flows: exit 0, and every packet psd took reached the 
     const got = await rx.waitFor((o) => o.event === 'done', 15_000)
     const q = psd.queueStats()[0]
     assert.ok(psd.summary.packets > 100 && psd.summary.packets < 4000, `psd saw part of the stream (${psd.summary.packets})`)
-    assert.is(got.total, psd.summary.accepted + q.settled, 'what psd accepted or settled arrived; nothing it held was lost')
+    // what psd accepted, and what it settled (fault verdict: accept) on the way out, arrived
+    assert.is(got.total, psd.summary.accepted + q.settled, `${got.total} arrived; ${psd.summary.accepted} accepted + ${q.settled} settled`)
   } finally {
     rx.kill()
     await Promise.all([rx.exited, psd.stop('SIGKILL')])
@@ -202,8 +203,10 @@ live('psd killed (SIGKILL) with --queue-bypass in the rule: traffic continues', 
     assert.is(g1.total, 450, 'through psd: the X datagrams dropped')
     assert.is(g3.total, 500, 'after the kill: everything passes, X too')
     assert.is(g3.first.X, 50)
-    // Lost around the kill: what waited for psd's verdict, and what came before the kernel unbound the queue.
-    assert.ok(g2.total >= 1400 && g2.total <= 2000, `${g2.total} of the 2000 sent around the kill arrived`)
+    // Lost around the kill: what waited for psd's verdict (on a loaded machine, up to a few hundred
+    // ms of this traffic), and what came in the ~10 ms before the kernel unbound the queue. The kill
+    // comes 200 ms into 500 ms of sending: at least the last 300 ms pass unseen.
+    assert.ok(g2.total >= 1000 && g2.total <= 2000, `${g2.total} of the 2000 sent around the kill arrived`)
   } finally {
     for (const r of rx) r.kill()
     await Promise.all([...rx.map((r) => r.exited), psd.stop('SIGKILL')])

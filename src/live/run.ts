@@ -231,12 +231,15 @@ export class QueueWorker {
       let running: Promise<void> | null = n > 0 ? this.startRun(0, n) : null
       for (let rounds = 1; running; rounds++) {
         const nxt = 1 - cur
-        const more = !this.stopping && rounds < MAX_ROUNDS
+        // A batch smaller than asked for emptied the socket: the poll says when more comes
+        // (sooner verdicts for this one, and no receive call that finds nothing).
+        const full = n === this.batch || this.q.pending
+        const more = full && !this.stopping && rounds < MAX_ROUNDS
         const m = more ? this.receive(nxt) : 0
         await running
         running = m > 0 ? this.startRun(nxt, m) : null
         await this.finish(cur, n)
-        if (!more && !this.stopping) again = true
+        if (full && !more && !this.stopping) again = true
         cur = nxt
         n = m
       }
@@ -346,11 +349,16 @@ export class QueueWorker {
     } catch (e) {
       // The addon has already retried; what it could not send is still waiting. Settle it.
       this.log.error(`queue ${this.queue}: ${(e as Error).message}; every packet still waiting gets the fault verdict (${this.cfg.onFault})`)
-      const waiting = this.q.outstanding
+      const waiting = this.waiting(this.q.kernelCounters()?.waiting)
       this.q.settleAll(this.faultCode) // throws if even that fails: fatal
       this.counts.settled += waiting
     }
     this.lastAt = performance.now()
+  }
+
+  /** Packets a settle gives a verdict: those we hold, and those still in the socket (the kernel's count). */
+  private waiting(kernel: number | undefined): number {
+    return Math.max(this.q.outstanding, kernel ?? 0)
   }
 
   private fatal(e: Error): void {
@@ -390,9 +398,14 @@ export class QueueWorker {
     try {
       this.finalKernel = this.q.kernelCounters()
       this.finalStats = this.q.stats()
-      const waiting = this.q.outstanding
-      this.q.close({ settle: this.faultCode })
-      this.counts.settled += waiting
+      const estimate = this.waiting(this.finalKernel?.waiting)
+      this.q.settleAll(this.faultCode)
+      // Exactly how many the settle took, from the kernel's packet ids: every id it gave out is
+      // one we gave a verdict, one settled, one lost to a full socket buffer, or one still waiting.
+      const k = this.q.kernelCounters()
+      this.q.close()
+      const c = this.counts
+      this.counts.settled += k ? Math.max(0, k.idSequence - k.waiting - k.userDropped - c.packets - c.settled) : estimate
     } catch (e) {
       this.log.error(`queue ${this.queue}: while closing: ${(e as Error).message}`)
       try { this.q.close() } catch { /* closed */ }

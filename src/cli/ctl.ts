@@ -18,7 +18,7 @@ The socket is --socket, else $PSD_SOCKET, else ${DEFAULT_SOCKET}.
 export function ctlRequest(args: string[], v: RunValues): Request {
   const [cmd, ...rest] = args
   const arity = (min: number, max: number) => {
-    if (rest.length < min || rest.length > max) throw new UsageError(`ctl ${cmd}: expected ${min === max ? min : `${min} to ${max}`} argument${max === 1 ? '' : 's'}, got ${rest.length}\n\n${CTL_USAGE}`)
+    if (rest.length < min || rest.length > max) throw new UsageError(`ctl ${cmd}: expected ${min === max ? min : `${min} to ${max}`} argument${max === 1 ? '' : 's'}, got ${rest.length}`)
   }
   switch (cmd) {
     case 'list': arity(0, 0); return { cmd }
@@ -37,13 +37,20 @@ export function ctlRequest(args: string[], v: RunValues): Request {
       if (rest[1] !== undefined) r.file = resolve(rest[1])
       return r
     }
-    case undefined: throw new UsageError(`ctl: a command is needed\n\n${CTL_USAGE}`)
-    default: throw new UsageError(`ctl: unknown command "${cmd}"\n\n${CTL_USAGE}`)
+    case undefined: throw new UsageError('ctl: a command is needed')
+    default: throw new UsageError(`ctl: unknown command "${cmd}"`)
   }
 }
 
 export async function runCtl(args: string[], v: RunValues): Promise<number> {
-  const req = ctlRequest(args, v)
+  let req: Request
+  try {
+    req = ctlRequest(args, v)
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e
+    process.stderr.write(`psd ${e.message}\n\n${CTL_USAGE}`)
+    return 2
+  }
   const socket = v.socket ?? process.env.PSD_SOCKET ?? DEFAULT_SOCKET
   let reply: Reply
   try {

@@ -468,19 +468,29 @@ export async function runLive(opts: LiveOptions): Promise<number> {
     log.error(`fatal: ${e.message}`)
     stopRequested(1)
   }
-  try {
-    plan.forEach(({ cfg, queue }, i) => {
-      let q: NfQueue
-      try {
-        q = NfQueue.open({ queue, maxlen: cfg.queueMaxlen ?? opts.maxlen ?? DEFAULT_MAXLEN, failOpen: cfg.failOpen ?? opts.failOpen === true, gso: true, uidGid: true, batch })
-      } catch (e) {
-        if (e instanceof NfQueueError) throw new NfQueueError(bindError(e, queue, cfg.name), e.code, e.errno, queue)
-        throw e
+  /** Binds every lane's queue and makes its worker (not started); binds all or none: throws. */
+  const bindAll = (lanes: { cfg: TenantConfig; queue: number; tenant: LiveTenant }[]): QueueWorker[] => {
+    const bound: QueueWorker[] = []
+    try {
+      for (const { cfg, queue, tenant } of lanes) {
+        let q: NfQueue
+        try {
+          q = NfQueue.open({ queue, maxlen: cfg.queueMaxlen ?? opts.maxlen ?? DEFAULT_MAXLEN, failOpen: cfg.failOpen ?? opts.failOpen === true, gso: true, uidGid: true, batch })
+        } catch (e) {
+          if (e instanceof NfQueueError) throw new NfQueueError(bindError(e, queue, cfg.name), e.code, e.errno, queue)
+          throw e
+        }
+        bound.push(new QueueWorker(cfg.name, cfg, q, tenant, log.child({ tenant: cfg.name, queue }), batch, onFatal))
       }
-      workers.push(new QueueWorker(cfg.name, cfg, q, instances[i], log.child({ tenant: cfg.name, queue }), batch, onFatal))
-    })
+    } catch (e) {
+      for (const w of bound) w.q.close()
+      throw e
+    }
+    return bound
+  }
+  try {
+    workers.push(...bindAll(plan.map(({ cfg, queue }, i) => ({ cfg, queue, tenant: instances[i] }))))
   } catch (e) {
-    for (const w of workers) w.q.close()
     for (const t of instances) try { t.stop() } catch { /* already failing */ }
     if (e instanceof NfQueueError) {
       log.error(e.message, { code: e.code })
@@ -515,23 +525,7 @@ export async function runLive(opts: LiveOptions): Promise<number> {
   // ctl load/unload (src/ops): queues bound and unbound while psd runs
   opts.ops?.attach({
     bind: (cfg, lanes) => {
-      const added: QueueWorker[] = []
-      try {
-        for (const { queue, tenant } of lanes) {
-          let q: NfQueue
-          try {
-            q = NfQueue.open({ queue, maxlen: cfg.queueMaxlen ?? opts.maxlen ?? DEFAULT_MAXLEN, failOpen: cfg.failOpen ?? opts.failOpen === true, gso: true, uidGid: true, batch })
-          } catch (e) {
-            if (e instanceof NfQueueError) throw new NfQueueError(bindError(e, queue, cfg.name), e.code, e.errno, queue)
-            throw e
-          }
-          added.push(new QueueWorker(cfg.name, cfg, q, tenant, log.child({ tenant: cfg.name, queue }), batch, onFatal))
-        }
-      } catch (e) {
-        for (const w of added) w.q.close()
-        throw e
-      }
-      for (const w of added) { workers.push(w); w.start() }
+      for (const w of bindAll(lanes.map(({ queue, tenant }) => ({ cfg, queue, tenant })))) { workers.push(w); w.start() }
     },
     unbind: async (queues) => {
       const gone = workers.filter((w) => queues.includes(w.queue))

@@ -100,7 +100,7 @@ export function script(dir: string, name: string, text: string): string {
   return p
 }
 
-/** Waits until the kernel lists queue q as bound in namespace ns with nothing waiting (or timeout). */
+/** Queue q's line of /proc/net/netfilter/nfnetlink_queue in namespace ns (numbers), or undefined when unbound. */
 export async function queueLine(ns: string, q: number): Promise<number[] | undefined> {
   const text = nsRun(ns, 'cat', ['/proc/net/netfilter/nfnetlink_queue'])
   for (const line of text.split('\n')) {

@@ -176,7 +176,8 @@ live('SIGTERM with a backlog in the queue: every queued packet gets its verdict,
   // some work per packet: a burst builds a backlog in the kernel queue
   writeFileSync(script, 'function on_packet(pkt) local x = 0 for i = 1, 5000 do x = x + i end stats.inc("seen") return ACCEPT end')
   const config = join(dir, 'psd.json')
-  writeFileSync(config, JSON.stringify({ tenants: [{ name: 'slow', script, queue: 0 }], control: join(dir, 'psd.sock') }))
+  // a generous clock: on a loaded 2-core machine a call may wait for a core (the drain is the point)
+  writeFileSync(config, JSON.stringify({ tenants: [{ name: 'slow', script, queue: 0, timeout_ms: 2000 }], control: join(dir, 'psd.sock') }))
   // no --queue-bypass: a packet psd left behind when it unbound would be dropped, and missing
   nsRun(p.b, 'iptables', ['-A', 'INPUT', '-p', 'udp', '--dport', '9999', '-j', 'NFQUEUE', '--queue-num', '0'])
   const d = daemon(p.b, config)
@@ -199,7 +200,7 @@ live('SIGTERM with a backlog in the queue: every queued packet gets its verdict,
     const summary = l.find((o) => o.msg === 'summary')
     assert.ok(drained?.packets > 0, `there was a backlog to drain: ${JSON.stringify(drained)}`)
     assert.is(summary.packets, sent, 'the script gave a verdict to every packet that was queued')
-    assert.is(summary.faults, 0)
+    assert.is(summary.faults, 0, JSON.stringify(l.filter((o) => o.fault)))
     const got = await rx.waitFor((o) => o.event === 'done', 30_000)
     assert.is(got.rcvbufErrors, 0)
     assert.is(got.total, sent, 'and every one arrived')

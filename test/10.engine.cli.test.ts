@@ -129,7 +129,8 @@ test('load errors: syntax error, missing entry, top-level error, missing file na
     ['function on_start() local t = nil; t.x = 1 end\nfunction on_packet() end', /script\.lua:1: attempt to index a nil value.*on_start/],
   ]
   for (const [script, re] of cases) {
-    const r = runPsd({ script, pcap, dir })
+    // a generous clock: on a loaded machine a worker may wait for a core (time is not the point)
+    const r = runPsd({ script, pcap, dir, args: ['--timeout-ms', '5000'] })
     assert.is(r.status, 1, script)
     assert.match(r.stderr, re)
     assert.is(r.verdicts.length, 0, 'no packet ran')

@@ -1,10 +1,13 @@
 // Loads wasmoon's Lua wasm as a private instance and hands back its raw exports.
 //
 // Why not wasmoon's own API: its calls cost 4-50 us and several are unsafe in 1.16.0
-// (see docs/architecture.md). We keep wasmoon for what it is good at, building and
-// instantiating its emscripten module, then drive the exported lua_* functions directly.
+// (see docs/architecture.md). psd uses the wasm wasmoon ships (glue.wasm: Lua built with
+// emscripten) and drives its exported lua_* functions directly. It does not run wasmoon's
+// JavaScript glue either: the module needs 27 small imports (setjmp/longjmp through one
+// invoke_vii trampoline, heap growth, stubs for files, clocks and the environment that the
+// sandbox never lets a script reach), given here. That keeps each VM's worker ~3 MiB smaller
+// and its start faster, and means no JavaScript object of wasmoon's is ever near a script.
 // The memory section is patched so one instance can never grow past its tenant's cap.
-import { LuaFactory } from 'wasmoon'
 import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
@@ -16,14 +19,19 @@ export interface RawExports {
 
 export interface LuaWasm {
   ex: RawExports
-  /** The emscripten Module: addFunction/removeFunction for hooks, allocators and C functions. */
-  module: any
+  /** Puts JavaScript functions into the wasm function table: hooks, allocators and C functions. */
+  module: FunctionTable
+}
+
+export interface FunctionTable {
+  /** `sig`: emscripten's signature letters, result first: 'vii', 'iiiii', 'ii'. Returns the table index. */
+  addFunction(fn: (...args: any[]) => any, sig: string): number
+  removeFunction(index: number): void
 }
 
 const PAGE = 65536
 const compiled = new Map<number, WebAssembly.Module>()
 let originalBytes: Uint8Array | null = null
-let chain: Promise<unknown> = Promise.resolve()
 
 function readLeb(buf: Uint8Array, pos: number): [number, number] {
   let result = 0, shift = 0, b: number
@@ -95,7 +103,13 @@ export async function compileLuaWasm(maxBytes: number): Promise<WebAssembly.Modu
   const maxPages = pagesFor(maxBytes)
   let mod = compiled.get(maxPages)
   if (!mod) {
-    mod = await WebAssembly.compile(patchMemoryMax(wasmoonBytes(), maxPages) as Uint8Array<ArrayBuffer>)
+    // Node does not count a pending WebAssembly.compile as a reason to stay alive: hold it
+    const hold = setInterval(() => {}, 1 << 30)
+    try {
+      mod = await WebAssembly.compile(patchMemoryMax(wasmoonBytes(), maxPages) as Uint8Array<ArrayBuffer>)
+    } finally {
+      clearInterval(hold)
+    }
     compiled.set(maxPages, mod)
   }
   return mod
@@ -106,37 +120,114 @@ export function provideLuaWasm(maxBytes: number, mod: WebAssembly.Module): void 
   compiled.set(pagesFor(maxBytes), mod)
 }
 
-/**
- * Creates a fresh wasm instance whose linear memory can never exceed maxBytes.
- * Instances are created one at a time because the capture swaps WebAssembly.instantiate.
- */
-export function loadLuaWasm(maxBytes: number): Promise<LuaWasm> {
-  const run = chain.then(() => instantiate(maxBytes))
-  chain = run.catch(() => undefined)
-  return run
+/** Creates a fresh wasm instance whose linear memory can never exceed maxBytes. */
+export async function loadLuaWasm(maxBytes: number): Promise<LuaWasm> {
+  const mod = await compileLuaWasm(maxBytes)
+  const maxMemory = pagesFor(maxBytes) * PAGE
+  let ex!: RawExports
+  const u32 = () => new Uint32Array(ex.memory.buffer)
+  const ENOSYS = 52, ESPIPE = 70
+  const stderr = (b: Uint8Array) => { try { process.stderr.write(Buffer.from(b)) } catch { /* nowhere to write */ } }
+  const env = {
+    // setjmp/longjmp: Lua's protected calls go through invoke_vii; a longjmp is a thrown Infinity
+    invoke_vii(index: number, a1: number, a2: number): void {
+      const sp = ex.stackSave()
+      try {
+        table.get(index)(a1, a2)
+      } catch (e) {
+        ex.stackRestore(sp)
+        if (e !== Infinity) throw e
+        ex.setThrew(1, 0)
+      }
+    },
+    _emscripten_throw_longjmp(): never { throw Infinity },
+    abort(): never { throw new WebAssembly.RuntimeError('Lua wasm: abort()') },
+    exit(code: number): never { throw new WebAssembly.RuntimeError(`Lua wasm: exit(${code})`) },
+    emscripten_resize_heap(requested: number): number {
+      requested >>>= 0
+      const mem = ex.memory, old = mem.buffer.byteLength
+      if (requested > maxMemory) return 0
+      // grow by a fifth at a time (or what is asked), never past the cap
+      const target = Math.min(maxMemory, Math.max(requested, old + Math.ceil(old / 5)))
+      for (const size of [target, requested]) {
+        try { mem.grow(Math.ceil((size - mem.buffer.byteLength) / PAGE)); return 1 } catch { /* try smaller */ }
+      }
+      return 0
+    },
+    emscripten_date_now: () => Date.now(),
+    _emscripten_get_now_is_monotonic: () => 1,
+    // os.date/os.time, io, os.execute: none is reachable from a script (sandbox.lua)
+    strftime: () => 0, _mktime_js: () => 0, _localtime_js: () => {}, _gmtime_js: () => {}, _tzset_js: () => {},
+    system: () => -1,
+    __syscall_openat: () => -ENOSYS, __syscall_fcntl64: () => -ENOSYS, __syscall_ioctl: () => -ENOSYS,
+    __syscall_dup3: () => -ENOSYS, __syscall_unlinkat: () => -ENOSYS, __syscall_rmdir: () => -ENOSYS,
+    __syscall_renameat: () => -ENOSYS, __syscall_readlinkat: () => -ENOSYS,
+  }
+  const wasi = {
+    // Lua writes to stderr only on a panic (just before abort()); stdout goes nowhere
+    fd_write(fd: number, iov: number, iovcnt: number, pnum: number): number {
+      const m = u32(), bytes = new Uint8Array(ex.memory.buffer)
+      let n = 0
+      for (let i = 0; i < iovcnt; i++) {
+        const p = m[(iov >> 2) + i * 2], len = m[(iov >> 2) + i * 2 + 1]
+        if (fd === 2 && len) stderr(bytes.subarray(p, p + len))
+        n += len
+      }
+      m[pnum >> 2] = n
+      return 0
+    },
+    fd_read(_fd: number, _iov: number, _iovcnt: number, pnum: number): number { u32()[pnum >> 2] = 0; return 0 },
+    fd_close: () => 0,
+    fd_seek: () => ESPIPE,
+    environ_sizes_get(pcount: number, psize: number): number { const m = u32(); m[pcount >> 2] = 0; m[psize >> 2] = 0; return 0 },
+    environ_get: () => 0,
+  }
+  const instance = new WebAssembly.Instance(mod, { env, wasi_snapshot_preview1: wasi })
+  ex = instance.exports as RawExports
+  const table = ex.__indirect_function_table as WebAssembly.Table
+  ex.emscripten_stack_init()
+  ex.__wasm_call_ctors()
+  return { ex, module: functionTable(table) }
 }
 
-async function instantiate(maxBytes: number): Promise<LuaWasm> {
-  const maxPages = pagesFor(maxBytes)
-  const original = WebAssembly.instantiate
-  let ex: RawExports | undefined
-  ;(WebAssembly as any).instantiate = async (source: any, imports: any) => {
-    if (!originalBytes) originalBytes = new Uint8Array(source)
-    let mod = compiled.get(maxPages)
-    if (!mod) {
-      mod = await WebAssembly.compile(patchMemoryMax(originalBytes, maxPages) as Uint8Array<ArrayBuffer>)
-      compiled.set(maxPages, mod)
-    }
-    const instance = await original(mod, imports)
-    ex = instance.exports as RawExports
-    return { instance, module: mod }
+// ---- JavaScript functions in the wasm function table (what emscripten's addFunction does)
+
+const TYPE: Record<string, number> = { i: 0x7f, j: 0x7e, f: 0x7d, d: 0x7c }
+const wrappers = new Map<string, WebAssembly.Module>()
+
+/** A module that imports a JavaScript function of signature sig and exports it as a wasm function. */
+function wrapperModule(sig: string): WebAssembly.Module {
+  let m = wrappers.get(sig)
+  if (!m) {
+    const params = [...sig.slice(1)].map((c) => TYPE[c])
+    const results = sig[0] === 'v' ? [] : [TYPE[sig[0]]]
+    if (params.includes(undefined as any) || results.includes(undefined as any)) throw new Error(`bad signature ${sig}`)
+    const type = [0x60, params.length, ...params, results.length, ...results]
+    const section = (id: number, body: number[]) => [id, ...leb(body.length), ...body]
+    const bytes = [
+      0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+      ...section(1, [1, ...type]),
+      ...section(2, [1, 1, 0x65, 1, 0x66, 0x00, 0]), // import "e" "f" func type 0
+      ...section(7, [1, 1, 0x66, 0x00, 0]), // export "f" func 0
+    ]
+    m = new WebAssembly.Module(Uint8Array.from(bytes))
+    wrappers.set(sig, m)
   }
-  try {
-    const factory = new LuaFactory()
-    const lw: any = await factory.getLuaModule()
-    if (!ex) throw new Error('wasmoon did not instantiate its wasm')
-    return { ex, module: lw.module }
-  } finally {
-    ;(WebAssembly as any).instantiate = original
+  return m
+}
+
+function functionTable(table: WebAssembly.Table): FunctionTable {
+  const free: number[] = []
+  return {
+    addFunction(fn, sig) {
+      const f = new WebAssembly.Instance(wrapperModule(sig), { e: { f: fn } }).exports.f
+      const index = free.length ? free.pop()! : table.grow(1)
+      table.set(index, f)
+      return index
+    },
+    removeFunction(index) {
+      table.set(index, null)
+      free.push(index)
+    },
   }
 }

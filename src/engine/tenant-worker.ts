@@ -84,6 +84,16 @@ const RETRY_MS = 1000
 
 // ---------------------------------------------------------------- one worker
 
+/** Keeps the process alive while any worker is waited for (a ref'd timer that never fires). */
+let waiting = 0
+const alive = setInterval(() => {}, 1 << 30)
+alive.unref()
+function keepAlive(on: boolean): void {
+  waiting += on ? 1 : -1
+  if (on && waiting === 1) alive.ref()
+  else if (!on && waiting === 0) alive.unref()
+}
+
 class WorkerHandle implements Watched {
   readonly channel = new Channel()
   readonly ready: Promise<Snapshot>
@@ -125,8 +135,11 @@ class WorkerHandle implements Watched {
     })
     this.ready.catch(() => {})
     // A worker keeps the process alive only while main waits for it (booting, a command running):
-    // an idle tenant must not hold up the exit of a run that ended, or failed, elsewhere.
-    void this.ready.then(() => this.holdIfBusy(), () => {})
+    // an idle tenant must not hold up the exit of a run that ended, or failed, elsewhere. The
+    // worker itself is never a reason to stay; a process-wide timer is, while anyone waits.
+    this.worker.unref()
+    this.hold(true)
+    void this.ready.then(() => this.holdIfBusy(), () => this.hold(false))
     this.worker.on('error', (e) => { this.lastError = e?.message ?? String(e) })
     this.worker.on('exit', (code) => this.die('crash', `the worker thread exited (code ${code})${this.lastError ? ': ' + this.lastError : ''}`))
     // Followed for its whole life: the watchdog only acts while a call runs (PROGRESS.inCall).
@@ -140,15 +153,20 @@ class WorkerHandle implements Watched {
     const id = this.nextId++
     if (this.gone) return { id, reply: Promise.resolve({ t: 'died', death: this.death! }) }
     const reply = new Promise<Reply>((resolve) => this.pending.set(id, (r) => { resolve(r); this.holdIfBusy() }))
-    this.worker.ref()
+    this.hold(true)
     this.worker.postMessage({ ...m, id })
     return { id, reply }
   }
 
+  private held = false
+  private hold(on: boolean): void {
+    if (on === this.held) return
+    this.held = on
+    keepAlive(on)
+  }
+
   private holdIfBusy(): void {
-    if (this.gone) return
-    if (this.pending.size === 0) this.worker.unref()
-    else this.worker.ref()
+    this.hold(!this.gone && this.pending.size > 0)
   }
 
   post(m: WorkerCommand): void { if (!this.gone) this.worker.postMessage(m) }
@@ -161,6 +179,7 @@ class WorkerHandle implements Watched {
   end(): void {
     if (this.gone) return
     this.gone = true
+    this.hold(false)
     watchdog.unwatch(this)
     void this.worker.terminate()
   }
@@ -168,6 +187,7 @@ class WorkerHandle implements Watched {
   private die(kind: 'time' | 'crash', detail: string): void {
     if (this.gone) return
     this.gone = true
+    this.hold(false)
     watchdog.unwatch(this)
     void this.worker.terminate()
     const p = this.channel.progress

@@ -231,3 +231,119 @@ function functionTable(table: WebAssembly.Table): FunctionTable {
     },
   }
 }
+
+// ---- The memory budget's allocator, in wasm
+//
+// Lua calls its allocator on every allocation, so it must be cheap: a JavaScript allocator
+// costs two crossings between wasm and JavaScript per call. This one is a few wasm instructions
+// calling the instance's own realloc/free directly; it counts every byte in `used` and refuses
+// what would pass `limit`. Only the rare events call JavaScript: a refusal (`failed`), the
+// retry after Lua's emergency collection succeeding (`retried`), and every CHECK bytes
+// allocated (`check`: time to look at the clock).
+
+export interface MeteredAllocator {
+  /** the table index to give lua_newstate */
+  index: number
+  used: WebAssembly.Global
+  limit: WebAssembly.Global
+  /** the (ptr, size) of the last refused allocation, or -1: Lua retries it after collecting */
+  pendPtr: WebAssembly.Global
+  pendSize: WebAssembly.Global
+  /** bytes allocated between two check() calls */
+  checkEvery: WebAssembly.Global
+}
+
+export interface AllocatorEvents {
+  /** an allocation was refused (over the limit, or the heap is full); returns 0 */
+  failed(ptr: number, nsize: number): number
+  /** the refused allocation succeeded when Lua retried it */
+  retried(): void
+  /** checkEvery more bytes were allocated */
+  check(): void
+}
+
+let allocatorModule: WebAssembly.Module | null = null
+
+function allocatorBytes(): Uint8Array {
+  const I32 = 0x7f
+  const sec = (id: number, body: number[]) => [id, ...leb(body.length), ...body]
+  const str = (s: string) => [s.length, ...[...s].map((c) => c.charCodeAt(0))]
+  const types = [4,
+    0x60, 2, I32, I32, 1, I32, // 0: (ptr, size) -> ptr       realloc, failed
+    0x60, 1, I32, 0, // 1: (ptr)                               free
+    0x60, 4, I32, I32, I32, I32, 1, I32, // 2: lua_Alloc
+    0x60, 0, 0, // 3: ()                                       retried, check
+  ]
+  const imports = [5,
+    ...str('m'), ...str('realloc'), 0, 0,
+    ...str('m'), ...str('free'), 0, 1,
+    ...str('js'), ...str('failed'), 0, 0,
+    ...str('js'), ...str('check'), 0, 3,
+    ...str('js'), ...str('retried'), 0, 3,
+  ]
+  // globals: 0 used, 1 limit, 2 since, 3 pendPtr, 4 pendSize, 5 checkEvery
+  const g = (init: number) => [I32, 1, 0x41, ...sleb(init), 0x0b]
+  const globals = [6, ...g(0), ...g(0), ...g(0), ...g(-1), ...g(-1), ...g(256 << 10)]
+  const exports = [6,
+    ...str('alloc'), 0, 5,
+    ...str('used'), 3, 0, ...str('limit'), 3, 1, ...str('pendPtr'), 3, 3, ...str('pendSize'), 3, 4, ...str('checkEvery'), 3, 5,
+  ]
+  // params: 0 ud, 1 ptr, 2 osize, 3 nsize; locals: 4 delta, 5 p
+  const lg = (i: number) => [0x20, i], ls = (i: number) => [0x21, i], lt = (i: number) => [0x22, i]
+  const gg = (i: number) => [0x23, i], gs = (i: number) => [0x24, i]
+  const IF = [0x04, 0x40], END = 0x0b, RET = 0x0f, call = (f: number) => [0x10, f]
+  const c0 = [0x41, 0]
+  const body = [
+    1, 2, I32, // two i32 locals
+    // free: used -= osize
+    ...lg(3), 0x45, ...IF,
+    ...lg(1), ...IF, ...gg(0), ...lg(2), 0x6b, ...gs(0), ...lg(1), ...call(1), END,
+    ...c0, RET, END,
+    // delta = nsize - (ptr ? osize : 0)
+    ...lg(3), ...lg(2), ...c0, ...lg(1), 0x1b, 0x6b, ...ls(4),
+    // over the limit: refused
+    ...lg(4), ...c0, 0x4a, ...IF,
+    ...gg(0), ...lg(4), 0x6a, ...gg(1), 0x4a, ...IF, ...lg(1), ...lg(3), ...call(2), RET, END,
+    END,
+    // p = realloc(ptr, nsize); a full heap: refused
+    ...lg(1), ...lg(3), ...call(0), ...lt(5), 0x45, ...IF, ...lg(1), ...lg(3), ...call(2), RET, END,
+    ...gg(0), ...lg(4), 0x6a, ...gs(0),
+    // the retry of a refused allocation went through
+    ...gg(3), ...lg(1), 0x46, ...gg(4), ...lg(3), 0x46, 0x71, ...IF, ...call(4), END,
+    // every checkEvery bytes allocated: a look at the clock
+    ...lg(4), ...c0, 0x4a, ...IF,
+    ...gg(2), ...lg(4), 0x6a, ...lt(4), ...gs(2),
+    ...lg(4), ...gg(5), 0x4a, ...IF, ...c0, ...gs(2), ...call(3), END,
+    END,
+    ...lg(5), END,
+  ]
+  return Uint8Array.from([
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    ...sec(1, types), ...sec(2, imports), ...sec(3, [1, 2]), ...sec(6, globals), ...sec(7, exports),
+    ...sec(10, [1, ...leb(body.length), ...body]),
+  ])
+}
+
+function sleb(n: number): number[] {
+  const out: number[] = []
+  for (;;) {
+    const b = n & 0x7f
+    n >>= 7
+    if ((n === 0 && !(b & 0x40)) || (n === -1 && (b & 0x40))) { out.push(b); return out }
+    out.push(b | 0x80)
+  }
+}
+
+/** The counting allocator for one instance (see above), put into its function table. */
+export function meteredAllocator(ex: RawExports, events: AllocatorEvents): MeteredAllocator {
+  allocatorModule ??= new WebAssembly.Module(allocatorBytes() as Uint8Array<ArrayBuffer>)
+  const inst = new WebAssembly.Instance(allocatorModule, {
+    m: { realloc: ex.realloc, free: ex.free },
+    js: { failed: events.failed, retried: events.retried, check: events.check },
+  })
+  const e = inst.exports as any
+  const table = ex.__indirect_function_table as WebAssembly.Table
+  const index = table.grow(1)
+  table.set(index, e.alloc)
+  return { index, used: e.used, limit: e.limit, pendPtr: e.pendPtr, pendSize: e.pendSize, checkEvery: e.checkEvery }
+}

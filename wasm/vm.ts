@@ -16,7 +16,7 @@ import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { dirname, join } from 'node:path'
 import { webcrypto } from 'node:crypto'
-import { loadLuaWasm, type RawExports } from './loader.js'
+import { loadLuaWasm, meteredAllocator, type RawExports, type MeteredAllocator } from './loader.js'
 import { fixup, checksum16 } from '../src/packet/checksum.js'
 
 const LUA_MASKCOUNT = 8
@@ -150,15 +150,19 @@ export class LuaVM {
   /** fuel of the current call not yet handed to the hook's countdown (L->hookcount) */
   private left = 0
   private callStart = 0
-  private allocSince = 0
   private fault = 0
   private faultWhere = ''
-  private memUsed = 0
+  /** the counting allocator (wasm), null when memory is not metered */
+  private meter: MeteredAllocator | null = null
   private memLimit: number
   private memPending = false
-  private pendingPtr = 0
-  private pendingSize = 0
-  private inCall = false
+  private inCallFlag = false
+  private get inCall(): boolean { return this.inCallFlag }
+  /** A call may use the budget; the host's own pushes between calls get the headroom too. */
+  private set inCall(v: boolean) {
+    this.inCallFlag = v
+    if (this.meter) this.meter.limit.value = v ? this.memLimit : this.memLimit + HOST_HEADROOM
+  }
   private hookCountOffset = -1
   // batch state
   private staging = 0
@@ -203,7 +207,7 @@ export class LuaVM {
     return vm
   }
 
-  get memoryUsed(): number { return this.memUsed }
+  get memoryUsed(): number { return this.meter ? this.meter.used.value : 0 }
   get isBroken(): boolean { return this.broken }
   /** Why this VM should be replaced by one built from the script, or null while it is fine. */
   get rebuildReason(): string | null { return this.broken ? 'the VM crashed' : this.exhausted }
@@ -218,9 +222,14 @@ export class LuaVM {
     this.lenPtr = ex.malloc(8)
     this.debugPtr = ex.malloc(256)
     if (this.meterMemory) {
-      const alloc = this.m.addFunction(this.allocate, 'iiiii')
-      this.funcs.push(alloc)
-      this.L = ex.lua_newstate(alloc, 0)
+      const meter: MeteredAllocator = this.meter = meteredAllocator(ex, {
+        failed: (ptr: number, nsize: number): number => this.allocFailed(ptr, nsize, meter.pendPtr.value === ptr && meter.pendSize.value === nsize),
+        retried: () => { meter.pendPtr.value = -1; meter.pendSize.value = -1; this.memPending = false },
+        check: () => this.checkSoon(),
+      })
+      meter.limit.value = this.memLimit + HOST_HEADROOM
+      meter.checkEvery.value = ALLOC_CHECK_BYTES
+      this.L = ex.lua_newstate(meter.index, 0)
     } else {
       this.L = ex.luaL_newstate()
     }
@@ -504,7 +513,6 @@ export class LuaVM {
     this.progress[PROGRESS.calls]++
     if (!this.metered) return
     this.callStart = performance.now()
-    this.allocSince = 0
     this.left = this.fuel - Math.min(HOOK_PERIOD, this.fuel)
     this.ex.lua_sethook(this.L, this.hookPtr, LUA_MASKCOUNT, Math.min(HOOK_PERIOD, this.fuel))
   }
@@ -574,28 +582,6 @@ export class LuaVM {
   }
   private verdictFaults = 0
 
-  private allocate = (_ud: number, ptr: number, osize: number, nsize: number): number => {
-    const ex = this.ex
-    if (nsize === 0) {
-      if (ptr) { this.memUsed -= osize; ex.free(ptr) }
-      return 0
-    }
-    const old = ptr ? osize : 0
-    const delta = nsize - old
-    const limit = this.inCall ? this.memLimit : this.memLimit + HOST_HEADROOM
-    const retry = this.pendingPtr === ptr && this.pendingSize === nsize
-    if (delta > 0 && this.memUsed + delta > limit) return this.allocFailed(ptr, nsize, retry)
-    const p = ex.realloc(ptr, nsize)
-    if (!p) return this.allocFailed(ptr, nsize, retry)
-    this.memUsed += delta
-    if (retry) { this.pendingPtr = -1; this.pendingSize = -1; this.memPending = false }
-    if (delta > 0 && (this.allocSince += delta) > ALLOC_CHECK_BYTES) {
-      this.allocSince = 0
-      this.checkSoon()
-    }
-    return p
-  }
-
   private allocFailed(ptr: number, nsize: number, retry: boolean): number {
     if (!this.inCall) return 0
     // The stack can be walked for the line only while it is whole: a new block, not a reallocation
@@ -606,7 +592,7 @@ export class LuaVM {
     }
     // Lua runs a full collection and tries once more (the same ptr and size): the hook decides
     // at the next instruction whether that rescued it.
-    if (!retry) { this.pendingPtr = ptr; this.pendingSize = nsize }
+    if (!retry) { this.meter!.pendPtr.value = ptr; this.meter!.pendSize.value = nsize }
     this.memPending = true
     if (!this.fault) this.checkSoon()
     return 0
@@ -656,8 +642,7 @@ export class LuaVM {
     this.arm()
     this.faultWhere = ''
     this.errWhere = ''
-    this.pendingPtr = -1
-    this.pendingSize = -1
+    if (this.meter) { this.meter.pendPtr.value = -1; this.meter.pendSize.value = -1 }
     if (!this.msghPtr) { this.msghPtr = this.m.addFunction(this.onError, 'ii'); this.funcs.push(this.msghPtr) }
     const fn = ex.lua_gettop(L) - nargs
     ex.lua_pushcclosure(L, this.msghPtr, 0)
@@ -703,9 +688,9 @@ export class LuaVM {
       this.faultWhere = `collecting after a memory fault: ${(e as Error)?.message ?? e}`
       return
     }
-    const free = this.memLimit - this.memUsed
+    const free = this.memLimit - this.memoryUsed
     if (free < Math.max(256 << 10, this.memLimit / 20)) {
-      this.exhausted = `the memory budget stayed full after a full collection (${this.memUsed} of ${this.memLimit} bytes held by the script)`
+      this.exhausted = `the memory budget stayed full after a full collection (${this.memoryUsed} of ${this.memLimit} bytes held by the script)`
     }
   }
 
@@ -778,7 +763,6 @@ export class LuaVM {
     // the hook stays installed for the whole batch: a new countdown is all a packet needs
     const n = Math.min(HOOK_PERIOD, this.fuel)
     this.left = this.fuel - n
-    this.allocSince = 0
     this.callStart = 0
     this.setCountdown(n)
   }

@@ -56,7 +56,7 @@ export type WorkerReply =
   | { t: 'ready'; snap: Snapshot }
   | { t: 'load-error'; message: string; kind: FaultKind | 'load' }
   | { t: 'send'; packet: Uint8Array; timeNs: bigint }
-  | { t: 'reply'; id: number; snap: Snapshot; value?: Uint8Array | null; error?: string; kind?: FaultKind | 'load';
+  | { t: 'reply'; id: number; snap?: Snapshot; value?: Uint8Array | null; error?: string; kind?: FaultKind | 'load';
       overflowData?: [number, Uint8Array][]; overflowMsg?: [number, string][] }
 
 /** How a worker ended while a command was pending. */
@@ -266,7 +266,8 @@ export class WorkerTenant {
     }, (packet, timeNs) => this.svc.sender?.send(packet, timeNs), (h, d) => this.died(h, d))
   }
 
-  private take(s: Snapshot): void {
+  private take(s: Snapshot | undefined): void {
+    if (s === undefined) return
     this.snap = s
     if (s.stats) for (const [k, v] of s.stats) this.stats.set(k, v)
   }

@@ -63,8 +63,28 @@ function onPacket(k: number): void {
 
 let tenant: Tenant
 let statsDirty = true
+let lastSnap = 0, lastCounters = -1
 
-function snapshot(): Snapshot {
+/** A number that changes whenever a counter does (they only ever grow). */
+function countersSum(): number {
+  const c = tenant.counters
+  let n = c.packets + c.accepted + c.dropped + c.modified + c.rebuilds
+  for (const k in c.faults) n += c.faults[k]
+  const sc = tenant.services.counters as unknown as Record<string, number>
+  for (const k in sc) n += sc[k]
+  return n
+}
+
+/**
+ * The tenant's counters for the main thread. After a batch only when they changed (or every
+ * SNAP_MS, for the memory figure): cloning them into every reply would cost more than many a batch.
+ */
+function snapshot(always = true): Snapshot | undefined {
+  const now = performance.now()
+  const counters = countersSum()
+  if (!always && !statsDirty && counters === lastCounters && now - lastSnap < SNAP_MS) return undefined
+  lastSnap = now
+  lastCounters = counters
   const s: Snapshot = {
     counters: tenant.counters,
     services: tenant.services.counters as unknown as Record<string, number>,
@@ -73,6 +93,7 @@ function snapshot(): Snapshot {
   if (statsDirty) { s.stats = [...tenant.stats]; statsDirty = false }
   return s
 }
+const SNAP_MS = 100
 
 async function handle(m: WorkerCommand): Promise<void> {
   if (m.c === 'fuel') { tenant.measureFuel(m.on); return }
@@ -84,7 +105,7 @@ async function handle(m: WorkerCommand): Promise<void> {
         ch.dataLen.fill(-1, 0, m.count)
         ch.msgLen.fill(-1, 0, m.count)
         await tenant.run(ch.input.subarray(0, m.bytes), m.count, out, ch.ns)
-        send({ t: 'reply', id: m.id, snap: snapshot(), overflowData, overflowMsg })
+        send({ t: 'reply', id: m.id, snap: snapshot(false), overflowData, overflowMsg })
         // the deferred calls of this batch, after its verdicts are on their way
         Atomics.store(ch.ctl, C.cur, CUR_CALLBACK)
         await tenant.afterBatch()
@@ -134,7 +155,7 @@ async function main(): Promise<void> {
   tenant.stats.set = (k, v) => { statsDirty = true; return set(k, v) }
   if (init.measureFuel) tenant.measureFuel(true)
   Atomics.store(ch.ctl, C.cur, CUR_IDLE)
-  send({ t: 'ready', snap: snapshot() })
+  send({ t: 'ready', snap: snapshot()! })
   let chain = Promise.resolve()
   port.on('message', (m: WorkerCommand) => { chain = chain.then(() => handle(m)) })
 }

@@ -23,48 +23,13 @@ import { LuaVM, BatchOutput, MAX_BATCH_BYTES } from '../wasm/vm.js'
 import { Tenant } from '../src/engine/tenant.js'
 import { Logger } from '../src/log.js'
 import { DEFAULTS, type TenantConfig } from '../src/config.js'
+import { SCRIPTS } from './budgets-scripts.js'
 
 const { values } = parseArgs({ options: {
   packets: { type: 'string', default: '20000' }, rounds: { type: 'string', default: '5' },
   time: { type: 'string', default: '1000' }, json: { type: 'boolean' }, scripts: { type: 'string' },
 } })
 const N = Number(values.packets), ROUNDS = Number(values.rounds), TIME = Number(values.time)
-
-export const SCRIPTS: Record<string, string> = {
-  'accept-all': 'function on_packet(pkt) return ACCEPT end',
-  'header bytes': `
-function on_packet(pkt)
-  if pkt:u8(0) >> 4 == 4 then
-    if pkt:u8(8) <= 1 then return DROP end
-    if pkt:u8(9) == 17 and pkt:u16((pkt:u8(0) & 15) * 4 + 2) == 53 then return DROP end
-  end
-  return ACCEPT
-end`,
-  'protocol fields': `
-local blocked, seen = { [53] = true, [123] = true }, 0
-function on_packet(pkt)
-  seen = seen + 1
-  local ip = pkt.ip
-  if not ip then return ACCEPT end
-  if ip.ttl < 2 then return DROP end
-  local udp = pkt.udp
-  if udp and blocked[udp.dstport] then return DROP end
-  local tcp = pkt.tcp
-  if tcp and tcp.syn and not tcp.ack_flag and tcp.dstport == 22 then return DROP end
-  return ACCEPT
-end`,
-  'string work': `
-local hosts = {}
-function on_packet(pkt)
-  local http = pkt.http
-  if http and http.host then
-    local h = http.host:lower():gsub('^www%.', '')
-    hosts[h] = (hosts[h] or 0) + 1
-    if h:find('example', 1, true) then return DROP end
-  end
-  return ACCEPT
-end`,
-}
 
 interface Batch { bytes: Uint8Array; count: number; ns: Float64Array }
 const batches: Batch[] = []
@@ -95,7 +60,7 @@ async function runnerFor(name: string, source: string, mode: Mode): Promise<{ pa
     const t = await Tenant.start(cfg, quiet, 'capture')
     const out = new BatchOutput(128)
     return {
-      async pass() { let i = 0; for (const b of batches) { (globalThis as any).LAST = [name, i++]; await t.run(b.bytes, b.count, out, b.ns) } },
+      async pass() { for (const b of batches) await t.run(b.bytes, b.count, out, b.ns) },
       async close() { await t.stop() },
     }
   }
@@ -110,17 +75,15 @@ async function runnerFor(name: string, source: string, mode: Mode): Promise<{ pa
   }
 }
 
-if (process.env.DBG) process.on('beforeExit', () => console.error('beforeExit', (globalThis as any).TASK, (globalThis as any).LAST))
 const names = values.scripts ? values.scripts.split(',') : Object.keys(SCRIPTS)
 const runners = new Map<string, { pass(): Promise<void>; close(): Promise<void> }>()
-for (const name of names) for (const mode of MODES) { if (process.env.DBG) console.error('start', name, mode); runners.set(`${name}|${mode}`, await runnerFor(name, SCRIPTS[name], mode)) }
+for (const name of names) for (const mode of MODES) runners.set(`${name}|${mode}`, await runnerFor(name, SCRIPTS[name], mode))
 
 // per task: ms per pass, one value per round
 const samples = new Map<string, number[]>()
 for (let round = 0; round < ROUNDS; round++) {
   const bench = new Bench({ name: `budgets round ${round + 1}`, time: TIME, warmup: round === 0 })
-  for (const [key, r] of runners) bench.add(key, async () => { (globalThis as any).TASK = [key, 'in']; await r.pass(); (globalThis as any).TASK = [key, 'out'] })
-  if (process.env.DBG) console.error('round', round)
+  for (const [key, r] of runners) bench.add(key, () => r.pass())
   await bench.run()
   for (const task of bench.tasks) {
     const ms = (task.result as any).latency.mean as number

@@ -1,9 +1,12 @@
 // The memory a tenant's worker shares with the main thread (one SharedArrayBuffer per worker).
 //
-// The main thread writes a batch of records into `input` (and their record numbers into `ns`)
-// and sends the command as a message; the worker runs it and writes each packet's result into
-// the result arrays as soon as it is final, so the results of the packets before a runaway
-// survive the worker being terminated. The VM's progress slots (PROGRESS in wasm/vm.ts) sit in
+// The main thread writes a batch of records into `input` (and their record numbers into `ns`),
+// its size into ctl, and posts it by storing its command id in ctl[C.cmd] (Atomics.notify wakes
+// the worker); the worker runs it and writes each packet's result into the result arrays as soon
+// as it is final, so the results of the packets before a runaway survive the worker being
+// terminated, then stores the id in ctl[C.done] and notifies. No message crosses for a batch
+// unless the reply carries more than the channel holds (counters, overflow, an error): then
+// ctl[C.reply] says a message follows. Other commands (stop, reload) are messages. The VM's progress slots (PROGRESS in wasm/vm.ts) sit in
 // `ctl` too: the watchdog reads them to see which call a worker is in and since when, and
 // `ctl[C.cur]` says which command that call belongs to.
 import { PROGRESS_SLOTS, MAX_BATCH_BYTES } from '../../wasm/vm.js'
@@ -19,10 +22,18 @@ const MSG_BYTES = 64 << 10
 export const C = {
   cur: 0,        // worker: id of the command running, CUR_IDLE between commands, CUR_CALLBACK in timers/deferred calls
   tid: 1,        // worker: its thread's id in the kernel (for the watchdog's CPU time check)
+  cmd: 2,        // main: id of the last batch command posted (Atomics.notify wakes the worker)
+  done: 3,       // worker: id of the last batch command finished (Atomics.notify wakes main)
+  count: 4,      // main: packets of the batch posted
+  bytes: 5,      // main: record bytes of the batch posted
+  reply: 6,      // worker: REPLY_FAST (all in the channel) or REPLY_MESSAGE (a 'reply' message follows)
+  fuel: 7,       // main: 1 while per-packet fuel is measured (read by the worker at each batch)
   progress: 8,   // PROGRESS_SLOTS slots, written by the VM
 } as const
 export const CUR_IDLE = 0
 export const CUR_CALLBACK = -1
+export const REPLY_FAST = 0
+export const REPLY_MESSAGE = 1
 const CTL_SLOTS = 16
 
 export class Channel {
@@ -66,3 +77,9 @@ export class Channel {
     return r(CTL_SLOTS * 4) + 3 * r(n * 8) + 5 * r(n * 4) + r(n) + r(MAX_BATCH_BYTES) + r(DATA_BYTES) + r(MSG_BYTES)
   }
 }
+
+/** Atomics.waitAsync (Node 16+; not in this TypeScript lib's Atomics). */
+export const waitAsync = (Atomics as unknown as {
+  waitAsync(a: Int32Array, i: number, v: number, timeoutMs?: number):
+    { async: false; value: 'not-equal' | 'timed-out' } | { async: true; value: Promise<'ok' | 'timed-out'> }
+}).waitAsync.bind(Atomics)

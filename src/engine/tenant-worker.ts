@@ -8,12 +8,13 @@
 // tenant goes on. Other tenants never notice: each has its own thread, VM and wasm memory, and
 // this thread only hands batches over and copies results back.
 //
-// Per batch: the records are copied into the shared channel and a message says "run"; the reply
-// is one message; verdicts, marks, faults and edited bytes come back through the channel.
+// Per batch: the records are copied into the shared channel and posted there (Atomics.notify);
+// verdicts, marks, faults and edited bytes come back through the channel, and so does the word
+// that the batch is done (awaited with Atomics.waitAsync); a message only when the answer needs one.
 // The worker keeps a spare (a second worker with the script loaded) once the watchdog had to
 // stop one, so a tenant that keeps running away does not also wait for a thread to start.
 import { Worker } from 'node:worker_threads'
-import { Channel, C, CUR_IDLE, CUR_CALLBACK, CHANNEL_PACKETS } from './channel.js'
+import { Channel, C, CUR_IDLE, CUR_CALLBACK, CHANNEL_PACKETS, REPLY_MESSAGE, waitAsync } from './channel.js'
 import { watchdog, graceMs, type Watched } from './watchdog.js'
 import { FaultLog } from './fault-log.js'
 import { LoadError, BatchOutput, FAULT_KINDS, PROGRESS, wasmMemoryCap, type FaultKind } from '../../wasm/vm.js'
@@ -45,12 +46,10 @@ export interface WorkerInit {
 }
 
 export type WorkerCommand =
-  | { c: 'batch'; id: number; count: number; bytes: number }
   | { c: 'stop'; id: number }
   | { c: 'handoff'; id: number }
   | { c: 'takeover'; id: number; state: Uint8Array | null }
   | { c: 'retire'; id: number }
-  | { c: 'fuel'; on: boolean }
 
 export type WorkerReply =
   | { t: 'ready'; snap: Snapshot }
@@ -116,6 +115,7 @@ class WorkerHandle implements Watched {
     private onDeath: (h: WorkerHandle, d: Death) => void) {
     this.limitMs = init.cfg.timeoutMs + graceMs(init.cfg.timeoutMs)
     this.channel.ctl[C.cur] = CUR_BOOT
+    this.measureFuel = init.measureFuel
     this.worker = new Worker(workerUrl, {
       workerData: { ...init, sab: this.channel.sab } satisfies WorkerInit,
       resourceLimits: RESOURCE_LIMITS,
@@ -149,13 +149,64 @@ class WorkerHandle implements Watched {
   get progress(): Int32Array { return this.channel.progress }
   get tid(): number { return this.channel.ctl[C.tid] }
 
+  /** Sends a command as a message (stop, reload); its reply is a message too. */
   call(m: CommandBody): { id: number; reply: Promise<Reply> } {
+    return this.issue((id) => this.worker.postMessage({ ...m, id }))
+  }
+
+  /**
+   * Posts a batch command through the channel: its records are in channel.input and its record
+   * numbers in channel.ns. The worker is woken with Atomics.notify, and its answer awaited with
+   * Atomics.waitAsync; a message comes only when the answer does not fit the channel.
+   */
+  batch(count: number, bytes: number): { id: number; reply: Promise<Reply> } {
+    return this.issue((id) => {
+      const ctl = this.channel.ctl
+      ctl[C.count] = count
+      ctl[C.bytes] = bytes
+      Atomics.store(ctl, C.cmd, id)
+      Atomics.notify(ctl, C.cmd)
+      this.awaitDone(id)
+    })
+  }
+
+  /** The reply of the command issued last (commands run one at a time, in the order issued). */
+  private last: Promise<Reply> | null = null
+
+  private issue(send: (id: number) => void): { id: number; reply: Promise<Reply> } {
     const id = this.nextId++
     if (this.gone) return { id, reply: Promise.resolve({ t: 'died', death: this.death! }) }
     const reply = new Promise<Reply>((resolve) => this.pending.set(id, (r) => { resolve(r); this.holdIfBusy() }))
     this.hold(true)
-    this.worker.postMessage({ ...m, id })
+    // A command issued while another one runs goes once that one is answered: a batch goes by
+    // the channel, the others by message, and the worker must see them in the order issued.
+    const before = this.pending.size > 1 ? this.last : null
+    this.last = reply
+    if (before === null) send(id)
+    else void before.then(() => { if (!this.gone && this.pending.has(id)) send(id) })
     return { id, reply }
+  }
+
+  /** Resolves batch command id once the worker says it is done (ctl[C.done]). */
+  private awaitDone(id: number): void {
+    const ctl = this.channel.ctl
+    const check = (): void => {
+      for (;;) {
+        if (this.gone) return
+        const done = Atomics.load(ctl, C.done)
+        if (done !== id) {
+          const w = waitAsync(ctl, C.done, done)
+          if (w.async) { void w.value.then(check); return }
+          continue // changed meanwhile: look again
+        }
+        if (ctl[C.reply] === REPLY_MESSAGE) return // the 'reply' message settles it
+        const p = this.pending.get(id)
+        this.pending.delete(id)
+        p?.({ t: 'reply', id })
+        return
+      }
+    }
+    check()
   }
 
   private held = false
@@ -169,7 +220,8 @@ class WorkerHandle implements Watched {
     this.hold(!this.gone && this.pending.size > 0)
   }
 
-  post(m: WorkerCommand): void { if (!this.gone) this.worker.postMessage(m) }
+  /** Per-packet fuel measuring on or off, from the next batch on. */
+  set measureFuel(on: boolean) { Atomics.store(this.channel.ctl, C.fuel, on ? 1 : 0) }
 
   stuck(ranMs: number, cpuMs: number): void {
     this.die('time', `a call ran ${Math.round(ranMs)} ms (${Math.round(cpuMs)} ms on a CPU)`)
@@ -203,6 +255,7 @@ class WorkerHandle implements Watched {
     this.settleReady = null
     const waiting = [...this.pending.values()]
     this.pending.clear()
+    Atomics.notify(this.channel.ctl, C.done) // ends main's own wait for a batch that will not finish
     this.onDeath(this, d)
     for (const resolve of waiting) resolve({ t: 'died', death: d })
   }
@@ -381,7 +434,7 @@ export class WorkerTenant {
       ch.input.set(batch.subarray(pos, end))
       for (let j = 0; j < n; j++) ch.ns[j] = ns[first + j]
       h.batchCount = n
-      const { id, reply } = h.call({ c: 'batch', count: n, bytes: end - pos })
+      const { id, reply } = h.batch(n, end - pos)
       const r = await reply
       if (r.t === 'reply') {
         this.take(r.snap)
@@ -465,7 +518,8 @@ export class WorkerTenant {
 
   measureFuel(on = true): void {
     this.fuelOn = on
-    this.w?.post({ c: 'fuel', on })
+    if (this.w) this.w.measureFuel = on
+    if (this.spare) this.spare.measureFuel = on
   }
 
   /** Ends the tenant: deferred calls still waiting, then on_stop, under the budgets and the watchdog. */

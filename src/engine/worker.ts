@@ -2,17 +2,19 @@
 //
 // Inside it, the tenant is the very same engine that runs inline (tenant.ts Tenant, with its
 // fault policy, rebuilds and script services); this file only connects it to the main thread:
-// commands arrive as messages and run one at a time, a batch's records come through the shared
-// channel, each packet's result goes back into the channel the moment it is final, and log
-// lines go straight to stderr from here. After each batch's reply the deferred calls run (off
-// the packet path, while the main thread already hands the verdicts on).
+// commands run one at a time; a batch is posted and answered through the shared channel (its
+// records, each packet's result the moment it is final, and the wake-ups: Atomics.waitAsync, so
+// this thread's event loop stays free for timers and messages between batches); the other
+// commands arrive as messages; log lines go straight to stderr from here. After each batch's
+// reply the deferred calls run (off the packet path, while the main thread already hands the
+// verdicts on).
 import { parentPort, workerData } from 'node:worker_threads'
 import { readlinkSync } from 'node:fs'
 import { Tenant, BatchOutput, LoadError } from './tenant.js'
 import { Logger } from '../log.js'
 import { wasmMemoryCap } from '../../wasm/vm.js'
 import { provideLuaWasm } from '../../wasm/loader.js'
-import { Channel, C, CUR_IDLE, CUR_CALLBACK, CHANNEL_PACKETS } from './channel.js'
+import { Channel, C, CUR_IDLE, CUR_CALLBACK, CHANNEL_PACKETS, REPLY_FAST, REPLY_MESSAGE, waitAsync } from './channel.js'
 import type { WorkerInit, WorkerCommand, WorkerReply, Snapshot } from './tenant-worker.js'
 
 const port = parentPort!
@@ -95,22 +97,74 @@ function snapshot(always = true): Snapshot | undefined {
 }
 const SNAP_MS = 100
 
+/** Runs the batch command `id` posted in the channel (C.count records in ch.input). */
+async function runBatch(id: number): Promise<void> {
+  const fuel = Atomics.load(ch.ctl, C.fuel) === 1
+  if (fuel !== fuelOn) { fuelOn = fuel; tenant.measureFuel(fuel) }
+  const count = ch.ctl[C.count], bytes = ch.ctl[C.bytes]
+  Atomics.store(ch.ctl, C.cur, id)
+  let reply: WorkerReply | null = null
+  let ok = false
+  try {
+    dataUsed = 0; msgUsed = 0
+    if (overflowData.length) overflowData = []
+    if (overflowMsg.length) overflowMsg = []
+    ch.dataLen.fill(-1, 0, count)
+    ch.msgLen.fill(-1, 0, count)
+    await tenant.run(ch.input.subarray(0, bytes), count, out, ch.ns)
+    ok = true
+    const snap = snapshot(false)
+    if (snap !== undefined || overflowData.length || overflowMsg.length) reply = { t: 'reply', id, snap, overflowData, overflowMsg }
+  } catch (e) {
+    reply = { t: 'reply', id, snap: snapshot(), error: (e as Error)?.message ?? String(e), kind: e instanceof LoadError ? e.kind : 'crash' }
+  }
+  // The message (when there is one) goes before the wake-up: main, told one follows, waits for it.
+  if (reply) send(reply)
+  ch.ctl[C.reply] = reply ? REPLY_MESSAGE : REPLY_FAST
+  Atomics.store(ch.ctl, C.done, id)
+  Atomics.notify(ch.ctl, C.done)
+  try {
+    // the deferred calls of this batch, after its verdicts are on their way
+    if (ok) {
+      Atomics.store(ch.ctl, C.cur, CUR_CALLBACK)
+      await tenant.afterBatch()
+    }
+  } catch (e) {
+    log.error(`after a batch: ${(e as Error)?.message ?? e}`)
+  } finally {
+    Atomics.store(ch.ctl, C.cur, CUR_IDLE)
+  }
+}
+
+/** Id of the last batch command taken from the channel. */
+let lastCmd = 0
+
+/** Waits (without blocking the event loop) for main to post a batch command. */
+function listen(): void {
+  const r = waitAsync(ch.ctl, C.cmd, lastCmd)
+  if (r.async) void r.value.then(onBatch)
+  else onBatch()
+}
+
+/** Batches run in the same chain as the message commands: one command at a time. */
+function onBatch(): void {
+  chain = chain.then(serveBatches)
+}
+
+async function serveBatches(): Promise<void> {
+  for (;;) {
+    const id = Atomics.load(ch.ctl, C.cmd)
+    if (id === lastCmd) break
+    lastCmd = id
+    await runBatch(id)
+  }
+  listen()
+}
+
 async function handle(m: WorkerCommand): Promise<void> {
-  if (m.c === 'fuel') { tenant.measureFuel(m.on); return }
   Atomics.store(ch.ctl, C.cur, m.id)
   try {
     switch (m.c) {
-      case 'batch': {
-        dataUsed = 0; msgUsed = 0; overflowData = []; overflowMsg = []
-        ch.dataLen.fill(-1, 0, m.count)
-        ch.msgLen.fill(-1, 0, m.count)
-        await tenant.run(ch.input.subarray(0, m.bytes), m.count, out, ch.ns)
-        send({ t: 'reply', id: m.id, snap: snapshot(false), overflowData, overflowMsg })
-        // the deferred calls of this batch, after its verdicts are on their way
-        Atomics.store(ch.ctl, C.cur, CUR_CALLBACK)
-        await tenant.afterBatch()
-        return
-      }
       case 'stop':
         tenant.stop()
         send({ t: 'reply', id: m.id, snap: snapshot() })
@@ -136,8 +190,12 @@ async function handle(m: WorkerCommand): Promise<void> {
   }
 }
 
+let chain = Promise.resolve()
+let fuelOn = init.measureFuel
+let log: Logger
+
 async function main(): Promise<void> {
-  const log = new Logger(init.log.opts, init.log.base)
+  log = new Logger(init.log.opts, init.log.base)
   const forward = init.svc.sender
     ? { send: (packet: Uint8Array, timeNs: bigint) => send({ t: 'send', packet, timeNs }), close() {} }
     : undefined
@@ -156,8 +214,8 @@ async function main(): Promise<void> {
   if (init.measureFuel) tenant.measureFuel(true)
   Atomics.store(ch.ctl, C.cur, CUR_IDLE)
   send({ t: 'ready', snap: snapshot()! })
-  let chain = Promise.resolve()
   port.on('message', (m: WorkerCommand) => { chain = chain.then(() => handle(m)) })
+  listen()
 }
 
 void main()

@@ -4,7 +4,8 @@
 // instance (its own VM: a flow stays on one queue, so per-flow state in a script stays in one VM).
 // A worker's loop, started when the socket is readable:
 //
-//   receive a batch of records (src/batch-format.ts) into buffer A
+//   receive a batch of records (src/batch-format.ts) into buffer A (a receive that comes back
+//   full is followed by more, into the same batch: up to 16 receives, 1024 packets)
 //   start the tenant's run over A                      (the VM; async, may be another thread)
 //   receive the next batch into buffer B meanwhile
 //   wait for A's run, start B's run, and while it runs send A's verdicts in one VerdictBatch
@@ -48,7 +49,8 @@ export interface LiveOptions {
   maxlen?: number
   /** --fail-open: the kernel accepts what does not fit into a full queue. */
   failOpen?: boolean
-  /** Packets per receive and per VM call (default 64, at most 1024). */
+  /** Packets per receive and per VM call (default 64, at most 1024); while the queue is backed
+   *  up, a VM call takes up to 16 receives' worth (at most 1024 packets). */
   batch?: number
   /** Warn when a queue has seen no packet for this long after start (default 10 s; 0: never). */
   idleWarnMs?: number
@@ -77,6 +79,9 @@ export interface LiveOps {
 }
 
 const DEFAULT_BATCH = 64
+/** While the queue is backed up, a VM batch gathers up to GROW receives (at most MAX_BATCH packets). */
+const GROW = 16
+const MAX_BATCH = 1024
 const DEFAULT_MAXLEN = 4096
 /** Batches a worker runs before it lets the event loop (other queues, signals, timers) in. */
 const MAX_ROUNDS = 16
@@ -160,6 +165,11 @@ export class QueueWorker {
   private readonly offsets: Uint32Array
   private readonly lengths: Uint32Array
   private data = new Uint8Array(256 << 10)
+  /** packets of one VM batch while the queue is backed up (receive); bytes of the largest record */
+  private readonly maxBatch: number
+  private readonly maxRecord: number
+  /** the last receive filled up: more is waiting */
+  private full = false
   private busy = false
   private polling = false
   private stopping = false
@@ -173,14 +183,17 @@ export class QueueWorker {
     readonly log: Logger, readonly batch: number, private onFatal: (e: Error) => void) {
     this.faultCode = cfg.onFault === 'drop' ? NF_DROP : NF_ACCEPT
     // Shared memory: a VM in another thread can read a batch where it lies.
+    this.maxRecord = q.maxRecord
+    this.maxBatch = Math.min(MAX_BATCH, batch * GROW)
     this.bufs = [0, 1].map(() => new Uint8Array(new SharedArrayBuffer(Math.max(MAX_BATCH_BYTES, q.maxRecord))))
     this.views = this.bufs.map((b) => new DataView(b.buffer))
-    this.outs = [new BatchOutput(batch), new BatchOutput(batch)]
-    this.ns = [new Float64Array(batch), new Float64Array(batch)]
-    this.ids = new Uint32Array(batch)
-    this.codes = new Uint32Array(batch)
-    this.offsets = new Uint32Array(batch)
-    this.lengths = new Uint32Array(batch)
+    const max = this.maxBatch
+    this.outs = [new BatchOutput(max), new BatchOutput(max)]
+    this.ns = [new Float64Array(max), new Float64Array(max)]
+    this.ids = new Uint32Array(max)
+    this.codes = new Uint32Array(max)
+    this.offsets = new Uint32Array(max)
+    this.lengths = new Uint32Array(max)
     this.throttle = new Throttle(log)
   }
 
@@ -211,9 +224,26 @@ export class QueueWorker {
     this.q.onReadable(this.onReadable, this.onPollError)
   }
 
+  /**
+   * Receives a batch into buffer i. A receive that fills up (the queue is backed up) is followed
+   * by more, into the same batch, up to maxBatch packets: the packets wait in the kernel anyway,
+   * and a bigger batch spreads the cost of a VM call, a thread crossing and a verdict message over
+   * more of them, so the backlog clears sooner. A short receive means the socket is empty.
+   */
   private receive(i: number): number {
-    const n = this.q.receive(this.bufs[i], this.batch)
-    this.used[i] = this.q.lastBytes
+    const buf = this.bufs[i], q = this.q
+    let n = q.receive(buf, this.batch)
+    let used = q.lastBytes
+    let full = n === this.batch || q.pending
+    while (full && n < this.maxBatch && buf.length - used >= this.maxRecord) {
+      const ask = Math.min(this.batch, this.maxBatch - n)
+      const m = q.receive(buf.subarray(used), ask)
+      n += m
+      used += q.lastBytes
+      full = m === ask || q.pending
+    }
+    this.used[i] = used
+    this.full = full
     if (n > 0 && this.firstAt === 0) this.firstAt = performance.now()
     return n
   }
@@ -233,7 +263,7 @@ export class QueueWorker {
         const nxt = 1 - cur
         // A batch smaller than asked for emptied the socket: the poll says when more comes
         // (sooner verdicts for this one, and no receive call that finds nothing).
-        const full = n === this.batch || this.q.pending
+        const full = this.full
         const more = full && !this.stopping && rounds < MAX_ROUNDS
         const m = more ? this.receive(nxt) : 0
         await running

@@ -11,6 +11,7 @@
 import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
+import { patchCountHook } from './count-hook-patch.js'
 
 export interface RawExports {
   memory: WebAssembly.Memory
@@ -86,10 +87,17 @@ function pagesFor(maxBytes: number): number {
   return Math.max(64, Math.min(32768, Math.ceil(maxBytes / PAGE)))
 }
 
+/** Whether the Lua wasm runs with the cheap count hook (wasm/count-hook-patch.ts). */
+export let countHookPatched = false
+
+/** wasmoon's Lua wasm, with the count hook patch unless PSD_COUNT_HOOK=stock (for comparisons). */
 function wasmoonBytes(): Uint8Array {
   if (!originalBytes) {
     const main = createRequire(import.meta.url).resolve('wasmoon')
-    originalBytes = new Uint8Array(readFileSync(join(dirname(main), 'glue.wasm')))
+    const stock = new Uint8Array(readFileSync(join(dirname(main), 'glue.wasm')))
+    const patched = process.env.PSD_COUNT_HOOK === 'stock' ? null : patchCountHook(stock)
+    countHookPatched = patched !== null
+    originalBytes = patched ?? stock
   }
   return originalBytes
 }

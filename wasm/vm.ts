@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url'
 import { dirname, join } from 'node:path'
 import { webcrypto } from 'node:crypto'
 import { loadLuaWasm, meteredAllocator, type RawExports, type MeteredAllocator } from './loader.js'
+import { CACHE_BYTES } from './count-hook-patch.js'
 import { fixup, checksum16 } from '../src/packet/checksum.js'
 
 const LUA_MASKCOUNT = 8
@@ -218,6 +219,13 @@ export class LuaVM {
 
   private init(): void {
     const ex = this.ex
+    this.traceFrame = ex.psd_trace_frame
+    if (ex.psd_trace_cache) {
+      const cache = ex.malloc(CACHE_BYTES)
+      this.refreshViews()
+      this.u8.fill(0, cache, cache + CACHE_BYTES)
+      ex.psd_trace_cache.value = cache
+    }
     this.refreshViews()
     this.lenPtr = ex.malloc(8)
     this.debugPtr = ex.malloc(256)
@@ -515,7 +523,10 @@ export class LuaVM {
     this.callStart = performance.now()
     this.left = this.fuel - Math.min(HOOK_PERIOD, this.fuel)
     this.ex.lua_sethook(this.L, this.hookPtr, LUA_MASKCOUNT, Math.min(HOOK_PERIOD, this.fuel))
+    // the patched count hook starts counting afresh (wasm/count-hook-patch.ts)
+    if (this.traceFrame) this.traceFrame.value = 0
   }
+  private traceFrame: WebAssembly.Global | undefined
 
   private countdown(): number {
     this.refreshViews()

@@ -51,9 +51,10 @@ export function runPsd(opts: { script?: string; scriptPath?: string; pcap?: stri
   return psd(args, { dir, timeoutMs: opts.timeoutMs, verdictsPath })
 }
 
-export function psd(args: string[], o: { dir?: string; timeoutMs?: number; verdictsPath?: string; cwd?: string } = {}): PsdRun {
+export function psd(args: string[], o: { dir?: string; timeoutMs?: number; verdictsPath?: string; cwd?: string; env?: Record<string, string> } = {}): PsdRun {
   const r: SpawnSyncReturns<string> = spawnSync(process.execPath, [PSD, ...args], {
     encoding: 'utf8', timeout: o.timeoutMs ?? 120_000, cwd: o.cwd ?? ROOT, maxBuffer: 64 << 20,
+    env: o.env ? { ...process.env, ...o.env } : process.env,
   })
   const logs = (r.stderr || '').split('\n').filter(Boolean).map((l) => { try { return JSON.parse(l) } catch { return { raw: l } } })
   const verdicts = o.verdictsPath && existsSync(o.verdictsPath)

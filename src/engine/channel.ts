@@ -6,9 +6,9 @@
 // as it is final, so the results of the packets before a runaway survive the worker being
 // terminated, then stores the id in ctl[C.done] and notifies. No message crosses for a batch
 // unless the reply carries more than the channel holds (counters, overflow, an error): then
-// ctl[C.reply] says a message follows. Other commands (stop, reload) are messages. The VM's progress slots (PROGRESS in wasm/vm.ts) sit in
-// `ctl` too: the watchdog reads them to see which call a worker is in and since when, and
-// `ctl[C.cur]` says which command that call belongs to.
+// ctl[C.reply] says a message follows. Other commands (stop, reload) are messages. The VM's
+// progress slots (PROGRESS in wasm/vm.ts) sit in `ctl` too: the watchdog reads them to see which
+// call a worker is in and since when, and `ctl[C.cur]` says which command that call belongs to.
 import { PROGRESS_SLOTS, MAX_BATCH_BYTES } from '../../wasm/vm.js'
 
 /** Packets per command; a bigger batch is run in pieces. */
@@ -29,6 +29,7 @@ export const C = {
   reply: 6,      // worker: REPLY_FAST (all in the channel) or REPLY_MESSAGE (a 'reply' message follows)
   fuel: 7,       // main: 1 while per-packet fuel is measured (read by the worker at each batch)
   progress: 8,   // PROGRESS_SLOTS slots, written by the VM
+  extra: 13,     // worker: 1 when a packet of the batch done has edited bytes or a message (dataLen, msgLen)
 } as const
 export const CUR_IDLE = 0
 export const CUR_CALLBACK = -1

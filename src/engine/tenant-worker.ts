@@ -429,10 +429,12 @@ export class WorkerTenant {
         return
       }
       let n = 0, end = pos
-      while (first + n < count && n < CHANNEL_PACKETS) { end += view.getUint32(end, true); n++ }
+      if (count - first <= CHANNEL_PACKETS) { n = count - first; end = batch.length } // the rest fits
+      else while (n < CHANNEL_PACKETS) { end += view.getUint32(end, true); n++ }
       const ch = h.channel
       ch.input.set(batch.subarray(pos, end))
-      for (let j = 0; j < n; j++) ch.ns[j] = ns[first + j]
+      if (ns instanceof Float64Array) ch.ns.set(ns.subarray(first, first + n))
+      else for (let j = 0; j < n; j++) ch.ns[j] = ns[first + j]
       h.batchCount = n
       const { id, reply } = h.batch(n, end - pos)
       const r = await reply
@@ -489,6 +491,11 @@ export class WorkerTenant {
     out.mark.set(ch.mark.subarray(j0, j1), first + j0)
     out.fault.set(ch.fault.subarray(j0, j1), first + j0)
     out.fuel.set(ch.fuel.subarray(j0, j1), first + j0)
+    if (!raw && ch.ctl[C.extra] === 0) { // no packet of the batch has edited bytes or a message
+      out.data.fill(null, first + j0, first + j1)
+      out.message.fill(null, first + j0, first + j1)
+      return
+    }
     const od = overflowData?.length ? new Map(overflowData) : null
     const om = overflowMsg?.length ? new Map(overflowMsg) : null
     for (let j = j0; j < j1; j++) {

@@ -31,12 +31,13 @@ out.verdict = ch.verdict
 out.mark = ch.mark
 out.fault = ch.fault
 out.fuel = ch.fuel
-let dataUsed = 0, msgUsed = 0
+let dataUsed = 0, msgUsed = 0, extra = 0
 let overflowData: [number, Uint8Array][] = []
 let overflowMsg: [number, string][] = []
 
 function onPacket(k: number): void {
   const d = out.data[k]
+  if (d !== null || out.message[k] !== null) extra = 1
   if (d !== null) {
     if (dataUsed + d.length <= ch.data.length) {
       ch.data.set(d, dataUsed)
@@ -106,7 +107,7 @@ async function runBatch(id: number): Promise<void> {
   let reply: WorkerReply | null = null
   let ok = false
   try {
-    dataUsed = 0; msgUsed = 0
+    dataUsed = 0; msgUsed = 0; extra = 0
     if (overflowData.length) overflowData = []
     if (overflowMsg.length) overflowMsg = []
     ch.dataLen.fill(-1, 0, count)
@@ -118,9 +119,11 @@ async function runBatch(id: number): Promise<void> {
   } catch (e) {
     reply = { t: 'reply', id, snap: snapshot(), error: (e as Error)?.message ?? String(e), kind: e instanceof LoadError ? e.kind : 'crash' }
   }
-  // The message (when there is one) goes before the wake-up: main, told one follows, waits for it.
+  // The channel first (main may read it as soon as the message arrives), then the message when
+  // there is one, then the wake-up: main, told a message follows, waits for it.
+  Atomics.store(ch.ctl, C.extra, extra)
+  Atomics.store(ch.ctl, C.reply, reply ? REPLY_MESSAGE : REPLY_FAST)
   if (reply) send(reply)
-  ch.ctl[C.reply] = reply ? REPLY_MESSAGE : REPLY_FAST
   Atomics.store(ch.ctl, C.done, id)
   Atomics.notify(ch.ctl, C.done)
   try {

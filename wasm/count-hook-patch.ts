@@ -114,67 +114,61 @@ const MAX_SCAN = 1 << 16
 const CI_SAVEDPC = 16
 
 /**
- * The new luaG_traceexec(L, pc). Globals: `last` (the pc of the previous trap) and `lastCi`
- * (its call frame), which psd resets to 0 at the start of each call.
+ * The new luaG_traceexec(L, pc). Globals: `last` (the pc of the previous trap), `lastCi` (its
+ * call frame; psd sets it to 0 when a call starts) and `cache` (the address of the pair cache,
+ * CACHE_ENTRIES entries of {from, to, charge}; psd allocates it before any Lua runs).
+ *
+ * Between two traps the VM runs straight on from `last`: a taken jump, a call, a return, or
+ * an instruction that re-reads the trap flag (a call into C, an instruction that may have
+ * called a metamethod) ends the stretch. What it ran is found by reading the bytecode from
+ * `last` the way the VM does, and cached per pair of traps: a script has no `load`, so its code
+ * never changes under the cache.
  */
 function fastBody(orig: number, gLast: number, gLastCi: number, gCache: number): number[] {
-  const gPairFrom = gCache + 1, gPairTo = gCache + 2, gPairCharge = gCache + 3
-  const L = 0, PC = 1, CI = 2, CHARGE = 3, P = 4, N = 5, INS = 6, OPC = 7, CNT = 8, PREV = 9, SLOT = 10, TGT = 11, EXACT = 12, BEST = 13, KEY = 14
+  const L = 0, PC = 1, CI = 2, CHARGE = 3, P = 4, N = 5, INS = 6, OPC = 7, CNT = 8, PREV = 9, SLOT = 10
+  const TGT = 11, EXACT = 12, BEST = 13, KEY = 14
   const get = (i: number) => [op.localGet, i], set = (i: number) => [op.localSet, i], tee = (i: number) => [op.localTee, i]
   const gget = (i: number) => [0x23, ...leb(i)], gset = (i: number) => [0x24, ...leb(i)]
   const c = (n: number) => [op.i32Const, ...sleb(n)]
   const load = (off: number) => [op.i32Load, 2, ...leb(off)], store = (off: number) => [op.i32Store, 2, ...leb(off)]
   const IF = [op.if, 0x40], END = op.end
-  const add = 0x6a, sub = 0x6b, mul = 0x6c, shl = 0x74, shrS = 0x75, shrU = 0x76, and = 0x71, or = 0x72
-  const eq = 0x46, ne = 0x47, leS = 0x4c, gtS = 0x4a, leU = 0x4d, gtU = 0x4b, geU = 0x4f
+  const add = 0x6a, sub = 0x6b, mul = 0x6c, shl = 0x74, shrS = 0x75, shrU = 0x76, and = 0x71, or = 0x72, eqz = 0x45
+  const eq = 0x46, ne = 0x47, leS = 0x4c, gtS = 0x4a, leU = 0x4d, gtU = 0x4b, geU = 0x4f, select = 0x1b
   const block = [0x02, 0x40], loop = [0x03, 0x40], br = (d: number) => [0x0c, d], brIf = (d: number) => [0x0d, d]
   const callOrig = [...get(L), ...get(PC), op.call, ...leb(orig)]
+  const isTest = (local: number) => [...get(local), ...c(OP_EQ), sub, ...c(OP_TESTSET - OP_EQ), leU]
   const code = [
-    // The same frame and the same pair of traps as the last time (a loop turning): its charge.
-    // This is the hot path; it does not look at the hook mask, as counting down with the
-    // hooks off does no harm (Lua's function, at zero, turns the trap off then).
-    ...get(L), ...load(L_CI), ...tee(CI), ...gget(gLastCi), eq, ...get(PC), ...gget(gPairTo), eq, and,
-    ...gget(gLast), ...gget(gPairFrom), eq, and, ...IF,
-    ...gget(gPairCharge), ...set(CHARGE),
-    op.else,
-    // anything but a count hook alone: Lua's own function
-    ...get(L), ...load(L_HOOKMASK), ...c(LUA_MASKCOUNT), ne, ...IF, ...callOrig, op.return, END,
-    // Where the code that ran since the last trap ended: in the same frame, just before pc
-    // (the instruction before it, a jump to it, or a return or tail call); after a change of
-    // frame (a call, a return), at the previous frame's saved pc (its CALL or RETURN saved it).
-    ...get(PC), ...set(TGT), ...c(0), ...set(EXACT),
-    ...get(CI), ...gget(gLastCi), ne, ...IF,
-    ...c(0), ...set(TGT), ...c(1), ...set(EXACT),
-    ...gget(gLastCi), ...IF,
-    ...gget(gLastCi), ...load(CI_SAVEDPC), ...tee(P), ...gget(gLast), sub, ...c(2), shrS, ...tee(N),
-    ...c(0), gtS, ...get(N), ...c(MAX_SCAN), leS, and, ...IF, ...get(P), ...set(TGT), END,
+    ...block, // $count: the charge is known
+    ...block, // $lookup: the stretch's end (TGT) and its cache key (KEY) are known
+    // The same frame: the stretch ended just before pc (the instruction before it, or a jump
+    // to it, or a return or tail call).
+    ...get(L), ...load(L_CI), ...tee(CI), ...gget(gLastCi), eq, ...IF,
+    ...get(PC), ...tee(TGT), ...set(KEY), ...br(1),
     END,
-    ...get(CI), ...gset(gLastCi),
-    END,
-    ...c(1), ...set(CHARGE), // where the start is not known
-    ...get(TGT), ...IF,
-    ...get(TGT), ...get(EXACT), or, ...set(KEY), // the cache tells the two modes apart
-    // Loops come back to the same pair of traps: a small cache (at `cache`, when psd gave
-    // one) keeps the count of each pair, so the scan runs once per pair.
-    ...block,
-    // the pair of the last scan or lookup first (a loop with one trap per turn), in globals
-    ...gget(gLast), ...gget(gPairFrom), eq, ...get(KEY), ...gget(gPairTo), eq, and, ...IF,
-    ...gget(gPairCharge), ...set(CHARGE), ...br(1),
-    END,
-    ...gget(gCache), ...tee(SLOT), ...IF,
-    // slot: a multiplicative hash of the pair (its top CACHE_BITS bits)
-    ...get(SLOT), ...gget(gLast), ...c(GOLDEN), mul, ...get(KEY), add, ...c(GOLDEN), mul, ...c(32 - CACHE_BITS), shrU,
+    // A new frame (a call, a return): the old frame's stretch ended at its saved pc (its CALL or
+    // RETURN saved it), exactly; the key's low bit tells this mode apart. Charge 1 when the
+    // old frame is not known (the call's first trap).
+    ...c(1), ...set(CHARGE),
+    ...gget(gLastCi), ...set(P), ...get(CI), ...gset(gLastCi),
+    ...get(P), eqz, ...brIf(1),
+    ...get(P), ...load(CI_SAVEDPC), ...tee(TGT), ...gget(gLast), sub, ...c(2), shrS,
+    ...c(1), sub, ...c(MAX_SCAN), geU, ...brIf(1), // not within (last, last + MAX_SCAN]
+    ...get(TGT), ...c(1), or, ...set(KEY),
+    END, // $lookup
+    // the cache: a multiplicative hash of the pair (its top CACHE_BITS bits)
+    ...gget(gCache), ...gget(gLast), ...c(GOLDEN), mul, ...get(KEY), add, ...c(GOLDEN), mul, ...c(32 - CACHE_BITS), shrU,
     ...c(12), mul, add, ...tee(SLOT),
     ...load(0), ...gget(gLast), eq, ...get(SLOT), ...load(4), ...get(KEY), eq, and, ...IF,
-    ...get(SLOT), ...load(8), ...tee(CHARGE), ...gset(gPairCharge), ...gget(gLast), ...gset(gPairFrom), ...get(KEY), ...gset(gPairTo), ...br(2),
+    ...get(SLOT), ...load(8), ...set(CHARGE), ...br(1),
     END,
-    END,
+    // Not known yet. Anything but a count hook alone goes to Lua's own function.
+    ...get(L), ...load(L_HOOKMASK), ...c(LUA_MASKCOUNT), ne, ...IF, ...callOrig, op.return, END,
+    ...get(KEY), ...c(1), and, ...set(EXACT),
     // The scan, from `last` on, the way the VM ran: up to the first instruction after which
-    // the VM always traps (a call, a return, a jump that is not a test's). The run ended at
-    // the last of the places that lead to the trap's pc: the instruction just before it, or a
-    // jump to it (a test's jump may have been skipped, so the last one is the one to believe:
-    // a script never gets a stretch of code for free, at worst it pays for one it skipped).
-    // After a change of frame the end is known exactly (exact mode: the saved pc).
+    // the VM always traps (a call, a return, a jump that is not a test's). The stretch ended at
+    // the last of the places that lead to pc: the instruction just before it, or a jump to it.
+    // A test's jump may have been skipped, so the last such place is the one to believe: a
+    // script never gets code for free; at worst it pays for some it skipped.
     ...gget(gLast), ...set(P), ...c(0), ...set(N), ...c(0), ...set(PREV), ...c(0), ...set(BEST),
     ...block, ...loop,
     ...get(P), ...load(0), ...tee(INS), ...c(0x7f), and, ...set(OPC),
@@ -182,7 +176,7 @@ function fastBody(orig: number, gLast: number, gLastCi: number, gCache: number):
     // arithmetic instruction that did not need it, the JMP of a test, TFORLOOP after TFORCALL
     ...get(N), ...c(1), add,
     ...get(OPC), ...c(OP_MMBIN), sub, ...c(OP_MMBINK - OP_MMBIN), leU,
-    ...get(OPC), ...c(OP_JMP), eq, ...get(PREV), ...c(OP_EQ), sub, ...c(OP_TESTSET - OP_EQ), leU, and, or,
+    ...get(OPC), ...c(OP_JMP), eq, ...isTest(PREV), and, or,
     ...get(OPC), ...c(OP_TFORLOOP), eq, or,
     sub, ...set(N),
     // the instruction before the trap's pc, unless it cannot fall through to it (a return, a
@@ -190,10 +184,10 @@ function fastBody(orig: number, gLast: number, gLastCi: number, gCache: number):
     ...get(P), ...c(4), add, ...get(TGT), eq,
     ...get(EXACT),
     ...get(OPC), ...c(OP_TAILCALL), sub, ...c(OP_RETURN1 - OP_TAILCALL), gtU,
-    ...get(OPC), ...c(OP_JMP), ne, ...get(PREV), ...c(OP_EQ), sub, ...c(OP_TESTSET - OP_EQ), leU, or, and, or, and,
+    ...get(OPC), ...c(OP_JMP), ne, ...isTest(PREV), or, and, or, and,
     ...IF, ...get(N), ...set(BEST), ...get(EXACT), ...brIf(2), END,
-    ...get(EXACT), 0x45, ...IF,
-    // a jump to it
+    ...get(EXACT), eqz, ...IF,
+    // a jump to it: JMP (pc + 1 + sJ), FORLOOP and TFORLOOP (pc + 1 - Bx)
     ...get(OPC), ...c(OP_JMP), eq, ...IF,
     ...get(P), ...c(4), add, ...get(INS), ...c(POS_SJ), shrU, ...c(OFFSET_SJ), sub, ...c(2), shl, add, ...get(TGT), eq, ...IF, ...get(N), ...set(BEST), END,
     END,
@@ -203,7 +197,7 @@ function fastBody(orig: number, gLast: number, gLastCi: number, gCache: number):
     END,
     // where the VM always traps: CALL, TAILCALL, the returns, and a JMP that is not a test's
     ...get(OPC), ...c(OP_CALL), sub, ...c(OP_RETURN1 - OP_CALL), leU, ...brIf(1),
-    ...get(OPC), ...c(OP_JMP), eq, ...get(PREV), ...c(OP_EQ), sub, ...c(OP_TESTSET - OP_EQ), gtU, and, ...brIf(1),
+    ...get(OPC), ...c(OP_JMP), eq, ...isTest(PREV), eqz, and, ...brIf(1),
     ...get(N), ...c(MAX_SCAN), geU, ...brIf(1),
     ...get(OPC), ...set(PREV),
     // TFORPREP goes on at its TFORCALL without a trap
@@ -213,23 +207,19 @@ function fastBody(orig: number, gLast: number, gLastCi: number, gCache: number):
     ...get(P), ...c(4), add, ...set(P),
     ...br(0),
     END, END,
-    // no place led to pc: all the code up to where the run must have ended
-    ...get(BEST), ...IF, ...get(BEST), ...set(N), END,
-    ...get(N), ...c(1), ...get(N), ...c(1), geU, 0x1b, ...set(CHARGE), // at least 1
-    ...get(CHARGE), ...gset(gPairCharge), ...gget(gLast), ...gset(gPairFrom), ...get(KEY), ...gset(gPairTo),
-    ...get(SLOT), ...IF,
+    // no place led to pc: all the code up to where the stretch must have ended; at least 1
+    ...get(BEST), ...get(N), ...get(BEST), select, ...tee(N), ...c(1), ...get(N), ...c(1), geU, select, ...set(CHARGE),
+    ...gget(gCache), ...IF,
     ...get(SLOT), ...gget(gLast), ...store(0), ...get(SLOT), ...get(KEY), ...store(4), ...get(SLOT), ...get(CHARGE), ...store(8),
     END,
-    END, // block: charge known
-    END,
-    END, // the slow path
+    END, // $count
     ...get(PC), ...gset(gLast),
     // count down; at zero Lua's function runs the hook (which arms the next period: the part of
     // the charge the countdown could not take comes off it)
     ...get(L), ...load(L_HOOKCOUNT), ...get(CHARGE), sub, ...tee(CNT), ...c(0), leS, ...IF,
     ...get(L), ...c(1), ...store(L_HOOKCOUNT),
     ...callOrig, ...set(CHARGE),
-    ...get(L), ...get(L), ...load(L_HOOKCOUNT), ...get(CNT), add, ...tee(CNT), ...c(1), ...get(CNT), ...c(1), gtS, 0x1b, ...store(L_HOOKCOUNT),
+    ...get(L), ...get(L), ...load(L_HOOKCOUNT), ...get(CNT), add, ...tee(CNT), ...c(1), ...get(CNT), ...c(1), gtS, select, ...store(L_HOOKCOUNT),
     ...get(CHARGE), op.return,
     END,
     ...get(L), ...get(CNT), ...store(L_HOOKCOUNT),
@@ -291,7 +281,7 @@ export function patchCountHook(bytes: Uint8Array): Uint8Array | null {
   const [gcount, gp] = readLeb(bytes, globals.body)
   const gLast = gcount, gLastCi = gcount + 1, gCache = gcount + 2
   const zeroGlobal = [I32, 1, op.i32Const, 0, op.end]
-  const newGlobals = [...leb(gcount + 6), ...bytes.subarray(gp, globals.end), ...Array(6).fill(zeroGlobal).flat()]
+  const newGlobals = [...leb(gcount + 3), ...bytes.subarray(gp, globals.end), ...Array(3).fill(zeroGlobal).flat()]
   const [ecount, ep] = readLeb(bytes, exports.body)
   const exportGlobal = (name: string, index: number) => [name.length, ...[...name].map((ch) => ch.charCodeAt(0)), 3, ...leb(index)]
   const newExports = [...leb(ecount + 2), ...bytes.subarray(ep, exports.end),

@@ -5,9 +5,12 @@
 //    consumer drains them. Consumers: bench/nfq-c-consumer.c (recvmmsg 64 + one batch verdict per
 //    receive; it sleeps while the queue fills), and the real psd command
 //    (`node psd.js --script bench/live-accept-all.lua`, stopped with SIGSTOP while the queue fills,
-//    then SIGCONT). Rate = packets / (first packet received .. last verdict sent), as each consumer
-//    reports it; psd's is also timed from outside (SIGCONT .. the kernel shows nothing waiting).
-//    Both pinned to CPU 1; the sender to CPU 0.
+//    then SIGCONT). The C consumer's rate is packets / (first packet received .. last verdict
+//    sent), as it reports it; psd's is timed from outside (SIGCONT .. the kernel shows nothing
+//    waiting), which can only make it look slower. psd drains twice: a fresh process (cold: its
+//    JavaScript not yet optimised, its wasm not yet tiered up) and then the same daemon again
+//    (warm, as a daemon that has been running is); then C drains once more, and each psd drain
+//    is paired with the C drains around it. Both pinned to CPU 1; the sender to CPU 0.
 // 2. Latency: ping round trips at a fixed rate (1000/s), with no queue rule, with the C consumer,
 //    and with psd in the path; p50/p99 of ping's own times.
 //
@@ -72,10 +75,12 @@ function fill(p: { a: string; addrB: string }) {
 }
 
 const p = createPair('ldrain')
-const drain: Record<'c' | 'psd' | 'psd_wall', number[]> = { c: [], psd: [], psd_wall: [] }
-const cpu: Record<'c' | 'psd', number[]> = { c: [], psd: [] }
+const drain: Record<'c' | 'psd' | 'psd_wall' | 'psd_warm', number[]> = { c: [], psd: [], psd_wall: [], psd_warm: [] }
+const cpu: Record<'c' | 'psd' | 'psd_warm', number[]> = { c: [], psd: [], psd_warm: [] }
 /** psd over C per round (both drained fully): the machine's load changes less within a round */
 const paired: number[] = []
+/** the same for the second drain of the same daemon (warm) */
+const pairedWarm: number[] = []
 const latency: Record<string, { p50: number; p99: number; avg: number; n: number }> = {}
 try {
   nsRun(p.b, 'iptables', ['-t', 'mangle', '-A', 'INPUT', '-p', 'udp', '--dport', '9999', '-j', 'NFQUEUE', '--queue-num', '0'])
@@ -104,14 +109,43 @@ try {
     await waitQueue(p.b, 0, (w) => w === 0, 30_000)
     const wall = performance.now() - start
     const used = ticks(psd.pid) - t0
+    // The same daemon drains a second queue-full: a running daemon is warm (its JavaScript
+    // optimised, its wasm tiered up), which the first drain of a fresh process is not.
+    psd.signal('SIGSTOP')
+    const sw = fill(p)
+    const queuedWarm = await waitQueue(p.b, 0, (w) => w >= packets, 10_000)
+    const t1 = ticks(psd.pid)
+    const startWarm = performance.now()
+    psd.signal('SIGCONT')
+    await waitQueue(p.b, 0, (w) => w === 0, 30_000)
+    const wallWarm = performance.now() - startWarm
+    const usedWarm = ticks(psd.pid) - t1
     await psd.stop('SIGTERM')
     const q = psd.queueStats()[0]
     const wallPps = Math.round(packets / (wall / 1000))
-    console.log(`round ${r + 1} psd: sent ${sp.sent}, queued ${queued}, drained ${q?.packets} at ${q?.pps} pps ` +
-      `(from outside: ${wallPps} pps), ${(used * 1e4 / packets).toFixed(2)} us CPU/packet, ${q?.batches} batches`)
-    if (q?.packets === packets && dc.packets === packets) paired.push(+(q.pps / dc.pps).toFixed(3))
-    if (q?.packets === packets) {
-      drain.psd.push(q.pps)
+    console.log(`round ${r + 1} psd: sent ${sp.sent}, queued ${queued}, drained at ${wallPps} pps from outside (cold), ` +
+      `${(used * 1e4 / packets).toFixed(2)} us CPU/packet`)
+    const warmPps = Math.round(packets / (wallWarm / 1000))
+    console.log(`round ${r + 1} psd: sent ${sw.sent}, queued ${queuedWarm}, drained at ${warmPps} pps from outside (warm), ` +
+      `${(usedWarm * 1e4 / packets).toFixed(2)} us CPU/packet; both drains: ${q?.packets} packets, ${q?.batches} batches`)
+    // C again, right after: what the machine gives a consumer drifts over a run, so the warm
+    // drain is paired with the mean of the C drains on either side of it.
+    const c2 = new Proc('ip', ['netns', 'exec', p.b, ...hi(cpus), cBin, '-q', '0', '-l', '65536', '-n', String(packets),
+      '-t', '30', '-w', String(fillMs)], 60_000)
+    await sleep(300)
+    fill(p)
+    const dc2 = await c2.waitFor((o) => o.consumer === 'c', 60_000)
+    await c2.exited
+    console.log(`round ${r + 1} c  : drained ${dc2.packets} at ${dc2.pps} pps, ${dc2.cpu_us_per_packet} us CPU/packet (after psd)`)
+    if (dc2.packets === packets) { drain.c.push(dc2.pps); cpu.c.push(dc2.cpu_us_per_packet) }
+    if (queuedWarm >= packets && q?.packets === 2 * packets) {
+      drain.psd_warm.push(warmPps)
+      cpu.psd_warm.push(+(usedWarm * 1e4 / packets).toFixed(2))
+      if (dc.packets === packets && dc2.packets === packets) pairedWarm.push(+(warmPps / ((dc.pps + dc2.pps) / 2)).toFixed(3))
+    }
+    if (queued >= packets && q !== undefined && q.packets >= packets) {
+      if (dc.packets === packets) paired.push(+(wallPps / dc.pps).toFixed(3))
+      drain.psd.push(wallPps)
       drain.psd_wall.push(wallPps)
       cpu.psd.push(+(used * 1e4 / packets).toFixed(2))
     }
@@ -151,7 +185,8 @@ const summary = {
   c_pps_median: median(drain.c), psd_pps_median: median(drain.psd), psd_wall_pps_median: median(drain.psd_wall),
   psd_over_c: median(drain.c) ? +(median(drain.psd) / median(drain.c)).toFixed(2) : 0,
   psd_over_c_paired_median: median(paired), paired,
-  c_cpu_us_per_packet: median(cpu.c), psd_cpu_us_per_packet: median(cpu.psd),
+  psd_warm_pps_median: median(drain.psd_warm), psd_warm_over_c_paired_median: median(pairedWarm), paired_warm: pairedWarm,
+  c_cpu_us_per_packet: median(cpu.c), psd_cpu_us_per_packet: median(cpu.psd), psd_warm_cpu_us_per_packet: median(cpu.psd_warm),
   c_runs: drain.c, psd_runs: drain.psd, psd_wall_runs: drain.psd_wall,
   latency_us: latency,
 }

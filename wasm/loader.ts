@@ -9,6 +9,7 @@
 // and its start faster, and means no JavaScript object of wasmoon's is ever near a script.
 // The memory section is patched so one instance can never grow past its tenant's cap.
 import { readFileSync } from 'node:fs'
+import v8 from 'node:v8'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { patchCountHook } from './count-hook-patch.js'
@@ -85,6 +86,16 @@ export function patchMemoryMax(bytes: Uint8Array, maxPages: number): Uint8Array 
 
 function pagesFor(maxBytes: number): number {
   return Math.max(64, Math.min(32768, Math.ceil(maxBytes / PAGE)))
+}
+
+/**
+ * For a daemon: V8 compiles the Lua wasm fully optimised when it is loaded (about half a second,
+ * once per process: every worker shares the compiled module) instead of starting on its baseline
+ * compiler and tiering up while the first packets wait. Call before the first compile.
+ */
+export function optimizeLuaWasmUpFront(): void {
+  v8.setFlagsFromString('--no-liftoff')
+  v8.setFlagsFromString('--no-wasm-lazy-compilation')
 }
 
 /** Whether the Lua wasm runs with the cheap count hook (wasm/count-hook-patch.ts). */

@@ -7,6 +7,7 @@ import { LoadError } from '../engine/tenant.js'
 import { CaptureError } from '../pcap/reader.js'
 import { runOffline } from '../offline/run.js'
 import { runLive } from '../live/run.js'
+import { optimizeLuaWasmUpFront } from '../../wasm/loader.js'
 import { runCheck } from './check.js'
 import { runBench } from './bench.js'
 import { runCtl } from './ctl.js'
@@ -93,6 +94,7 @@ async function runLiveMode(values: RunValues, tenants: TenantConfig[], log: Logg
     if (v === undefined) return undefined
     try { return parseCount(v, `--${name}`, min, max) } catch (e) { throw new UsageError((e as Error).message) }
   }
+  optimizeLuaWasmUpFront()
   // operations (src/ops): control socket, metrics, SIGHUP reload, SIGUSR1 stats, ctl load/unload
   const metrics = values.metrics ?? config?.metrics
   if (values.metrics !== undefined) try { parseListen(values.metrics) } catch (e) { throw new UsageError(`--metrics: ${(e as Error).message}`) }

@@ -18,6 +18,8 @@
 // the offsets below. If wasmoon's wasm ever differs, the patch is not applied (and psd says so
 // through countHookPatched), and fuel works as before, only slower.
 
+import { readLeb, leb, sleb } from './leb128.js'
+
 /** lua_State field offsets in wasmoon 1.16.0's build (wasm32): checked against the code. */
 const L_CI = 20, L_HOOKCOUNT = 108, L_HOOKMASK = 112
 const LUA_MASKCOUNT = 8
@@ -34,27 +36,6 @@ const I32 = 0x7f
 const op = {
   localGet: 0x20, localSet: 0x21, localTee: 0x22, i32Load: 0x28, i32Store: 0x36, i32Const: 0x41,
   i32Eqz: 0x45, i32Ne: 0x47, i32Sub: 0x6b, i32And: 0x71, if: 0x04, else: 0x05, end: 0x0b, return: 0x0f, call: 0x10,
-}
-
-function readLeb(buf: Uint8Array, pos: number): [number, number] {
-  let result = 0, shift = 0, b: number
-  do {
-    b = buf[pos++]
-    result += (b & 0x7f) * 2 ** shift
-    shift += 7
-  } while (b & 0x80)
-  return [result, pos]
-}
-
-function leb(n: number): number[] {
-  const out: number[] = []
-  do {
-    let b = n & 0x7f
-    n = Math.floor(n / 128)
-    if (n) b |= 0x80
-    out.push(b)
-  } while (n)
-  return out
 }
 
 interface Section { id: number; start: number; body: number; end: number }
@@ -229,16 +210,6 @@ function fastBody(orig: number, gLast: number, gLastCi: number, gCache: number):
   ]
   const body = [1, 13, I32, ...code] // thirteen i32 locals after the two parameters
   return [...leb(body.length), ...body]
-}
-
-function sleb(n: number): number[] {
-  const out: number[] = []
-  for (;;) {
-    const b = n & 0x7f
-    n >>= 7
-    if ((n === 0 && !(b & 0x40)) || (n === -1 && (b & 0x40))) { out.push(b); return out }
-    out.push(b | 0x80)
-  }
 }
 
 /**

@@ -13,6 +13,7 @@ import v8 from 'node:v8'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { patchCountHook } from './count-hook-patch.js'
+import { readLeb, leb, sleb } from './leb128.js'
 
 export interface RawExports {
   memory: WebAssembly.Memory
@@ -34,27 +35,6 @@ export interface FunctionTable {
 const PAGE = 65536
 const compiled = new Map<number, WebAssembly.Module>()
 let originalBytes: Uint8Array | null = null
-
-function readLeb(buf: Uint8Array, pos: number): [number, number] {
-  let result = 0, shift = 0, b: number
-  do {
-    b = buf[pos++]
-    result += (b & 0x7f) * 2 ** shift
-    shift += 7
-  } while (b & 0x80)
-  return [result, pos]
-}
-
-function leb(n: number): number[] {
-  const out: number[] = []
-  do {
-    let b = n & 0x7f
-    n = Math.floor(n / 128)
-    if (n) b |= 0x80
-    out.push(b)
-  } while (n)
-  return out
-}
 
 /** Rewrites the module's memory section so the memory holds at most maxPages pages. */
 export function patchMemoryMax(bytes: Uint8Array, maxPages: number): Uint8Array {
@@ -341,16 +321,6 @@ function allocatorBytes(): Uint8Array {
     ...sec(1, types), ...sec(2, imports), ...sec(3, [1, 2]), ...sec(6, globals), ...sec(7, exports),
     ...sec(10, [1, ...leb(body.length), ...body]),
   ])
-}
-
-function sleb(n: number): number[] {
-  const out: number[] = []
-  for (;;) {
-    const b = n & 0x7f
-    n >>= 7
-    if ((n === 0 && !(b & 0x40)) || (n === -1 && (b & 0x40))) { out.push(b); return out }
-    out.push(b | 0x80)
-  }
 }
 
 /** The counting allocator for one instance (see above), put into its function table. */

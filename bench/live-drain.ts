@@ -75,79 +75,68 @@ function fill(p: { a: string; addrB: string }) {
 }
 
 const p = createPair('ldrain')
-const drain: Record<'c' | 'psd' | 'psd_wall' | 'psd_warm', number[]> = { c: [], psd: [], psd_wall: [], psd_warm: [] }
+const drain: Record<'c' | 'psd' | 'psd_warm', number[]> = { c: [], psd: [], psd_warm: [] }
 const cpu: Record<'c' | 'psd' | 'psd_warm', number[]> = { c: [], psd: [], psd_warm: [] }
-/** psd over C per round (both drained fully): the machine's load changes less within a round */
+/** psd over C per round (both drained fully; C is the mean of the drains before and after psd's) */
 const paired: number[] = []
 /** the same for the second drain of the same daemon (warm) */
 const pairedWarm: number[] = []
+/** The C consumer: binds, sleeps fillMs while the queue fills, drains. Null if it fell short. */
+async function drainC(label: string): Promise<{ pps: number; cpu_us_per_packet: number } | null> {
+  const c = new Proc('ip', ['netns', 'exec', p.b, ...hi(cpus), cBin, '-q', '0', '-l', '65536', '-n', String(packets),
+    '-t', '30', '-w', String(fillMs)], 60_000)
+  await sleep(300)
+  const sent = fill(p)
+  const d = await c.waitFor((o) => o.consumer === 'c', 60_000)
+  await c.exited
+  console.log(`${label} c  : sent ${sent.sent}, drained ${d.packets} at ${d.pps} pps, ${d.cpu_us_per_packet} us CPU/packet`)
+  if (d.packets !== packets) return null
+  drain.c.push(d.pps)
+  cpu.c.push(d.cpu_us_per_packet)
+  return d
+}
+
+/** psd, stopped, gets a queue-full, and is continued: timed from outside until nothing waits. */
+async function drainPsd(psd: LivePsd, label: string, kind: string): Promise<{ queued: number; pps: number; cpuUs: number }> {
+  psd.signal('SIGSTOP')
+  const sent = fill(p)
+  const queued = await waitQueue(p.b, 0, (w) => w >= packets, 10_000)
+  const t0 = ticks(psd.pid)
+  const start = performance.now()
+  psd.signal('SIGCONT')
+  await waitQueue(p.b, 0, (w) => w === 0, 30_000)
+  const pps = Math.round(packets / ((performance.now() - start) / 1000))
+  const cpuUs = +((ticks(psd.pid) - t0) * 1e4 / packets).toFixed(2)
+  console.log(`${label} psd: sent ${sent.sent}, queued ${queued}, drained at ${pps} pps from outside (${kind}), ${cpuUs} us CPU/packet`)
+  return { queued, pps, cpuUs }
+}
+
 const latency: Record<string, { p50: number; p99: number; avg: number; n: number }> = {}
 try {
   nsRun(p.b, 'iptables', ['-t', 'mangle', '-A', 'INPUT', '-p', 'udp', '--dport', '9999', '-j', 'NFQUEUE', '--queue-num', '0'])
   nsRun(p.b, 'iptables', ['-A', 'INPUT', '-p', 'udp', '--dport', '9999', '-j', 'DROP'])
   for (let r = 0; r < rounds; r++) {
-    // C: binds, sleeps fillMs, drains.
-    const c = new Proc('ip', ['netns', 'exec', p.b, ...hi(cpus), cBin, '-q', '0', '-l', '65536', '-n', String(packets),
-      '-t', '30', '-w', String(fillMs)], 60_000)
-    await sleep(300)
-    const sc = fill(p)
-    const dc = await c.waitFor((o) => o.consumer === 'c', 60_000)
-    await c.exited
-    console.log(`round ${r + 1} c  : sent ${sc.sent}, drained ${dc.packets} at ${dc.pps} pps, ${dc.cpu_us_per_packet} us CPU/packet`)
-    if (dc.packets === packets) { drain.c.push(dc.pps); cpu.c.push(dc.cpu_us_per_packet) }
-
-    // psd: ready, stopped, filled, continued.
+    const dc = await drainC(`round ${r + 1}`)
+    // psd: ready, then two drains by the same daemon: cold (its JavaScript not yet optimised),
+    // then warm, as a daemon that has been running is.
     const psd = new LivePsd(p.b, ['--script', acceptAll, '--queue', '0', '--queue-maxlen', '65536', '--batch', String(batch)], 90_000, hi(cpus))
     await psd.ready()
     await sleep(200)
-    psd.signal('SIGSTOP')
-    const sp = fill(p)
-    const queued = await waitQueue(p.b, 0, (w) => w >= packets, 10_000)
-    const t0 = ticks(psd.pid)
-    const start = performance.now()
-    psd.signal('SIGCONT')
-    await waitQueue(p.b, 0, (w) => w === 0, 30_000)
-    const wall = performance.now() - start
-    const used = ticks(psd.pid) - t0
-    // The same daemon drains a second queue-full: a running daemon is warm (its JavaScript
-    // optimised, its wasm tiered up), which the first drain of a fresh process is not.
-    psd.signal('SIGSTOP')
-    const sw = fill(p)
-    const queuedWarm = await waitQueue(p.b, 0, (w) => w >= packets, 10_000)
-    const t1 = ticks(psd.pid)
-    const startWarm = performance.now()
-    psd.signal('SIGCONT')
-    await waitQueue(p.b, 0, (w) => w === 0, 30_000)
-    const wallWarm = performance.now() - startWarm
-    const usedWarm = ticks(psd.pid) - t1
+    const cold = await drainPsd(psd, `round ${r + 1}`, 'cold')
+    const warm = await drainPsd(psd, `round ${r + 1}`, 'warm')
     await psd.stop('SIGTERM')
     const q = psd.queueStats()[0]
-    const wallPps = Math.round(packets / (wall / 1000))
-    console.log(`round ${r + 1} psd: sent ${sp.sent}, queued ${queued}, drained at ${wallPps} pps from outside (cold), ` +
-      `${(used * 1e4 / packets).toFixed(2)} us CPU/packet`)
-    const warmPps = Math.round(packets / (wallWarm / 1000))
-    console.log(`round ${r + 1} psd: sent ${sw.sent}, queued ${queuedWarm}, drained at ${warmPps} pps from outside (warm), ` +
-      `${(usedWarm * 1e4 / packets).toFixed(2)} us CPU/packet; both drains: ${q?.packets} packets, ${q?.batches} batches`)
-    // C again, right after: what the machine gives a consumer drifts over a run, so the warm
+    console.log(`round ${r + 1} psd: both drains: ${q?.packets} packets, ${q?.batches} batches`)
+    // C again, right after: what the machine gives a consumer drifts over a run, so each psd
     // drain is paired with the mean of the C drains on either side of it.
-    const c2 = new Proc('ip', ['netns', 'exec', p.b, ...hi(cpus), cBin, '-q', '0', '-l', '65536', '-n', String(packets),
-      '-t', '30', '-w', String(fillMs)], 60_000)
-    await sleep(300)
-    fill(p)
-    const dc2 = await c2.waitFor((o) => o.consumer === 'c', 60_000)
-    await c2.exited
-    console.log(`round ${r + 1} c  : drained ${dc2.packets} at ${dc2.pps} pps, ${dc2.cpu_us_per_packet} us CPU/packet (after psd)`)
-    if (dc2.packets === packets) { drain.c.push(dc2.pps); cpu.c.push(dc2.cpu_us_per_packet) }
-    if (queuedWarm >= packets && q?.packets === 2 * packets) {
-      drain.psd_warm.push(warmPps)
-      cpu.psd_warm.push(+(usedWarm * 1e4 / packets).toFixed(2))
-      if (dc.packets === packets && dc2.packets === packets) pairedWarm.push(+(warmPps / ((dc.pps + dc2.pps) / 2)).toFixed(3))
-    }
-    if (queued >= packets && q !== undefined && q.packets >= packets) {
-      if (dc.packets === packets) paired.push(+(wallPps / dc.pps).toFixed(3))
-      drain.psd.push(wallPps)
-      drain.psd_wall.push(wallPps)
-      cpu.psd.push(+(used * 1e4 / packets).toFixed(2))
+    const dc2 = await drainC(`round ${r + 1}`)
+    const cMean = dc && dc2 ? (dc.pps + dc2.pps) / 2 : 0
+    const whole = q !== undefined && q.packets === 2 * packets
+    for (const [d, pps, cpuUs, pairs] of [[cold, drain.psd, cpu.psd, paired], [warm, drain.psd_warm, cpu.psd_warm, pairedWarm]] as const) {
+      if (!whole || d.queued < packets) continue
+      pps.push(d.pps)
+      cpuUs.push(d.cpuUs)
+      if (cMean) pairs.push(+(d.pps / cMean).toFixed(3))
     }
   }
 
@@ -182,12 +171,12 @@ try {
 
 const summary = {
   packets, size, rounds, cpus, batch,
-  c_pps_median: median(drain.c), psd_pps_median: median(drain.psd), psd_wall_pps_median: median(drain.psd_wall),
+  c_pps_median: median(drain.c), psd_pps_median: median(drain.psd),
   psd_over_c: median(drain.c) ? +(median(drain.psd) / median(drain.c)).toFixed(2) : 0,
   psd_over_c_paired_median: median(paired), paired,
   psd_warm_pps_median: median(drain.psd_warm), psd_warm_over_c_paired_median: median(pairedWarm), paired_warm: pairedWarm,
   c_cpu_us_per_packet: median(cpu.c), psd_cpu_us_per_packet: median(cpu.psd), psd_warm_cpu_us_per_packet: median(cpu.psd_warm),
-  c_runs: drain.c, psd_runs: drain.psd, psd_wall_runs: drain.psd_wall,
+  c_runs: drain.c, psd_runs: drain.psd, psd_warm_runs: drain.psd_warm,
   latency_us: latency,
 }
 console.log(JSON.stringify(summary))

@@ -1,9 +1,10 @@
 // One tenant's Lua VM: a private wasm instance driven through the raw Lua C API.
 //
 // The hot path is runBatch(): the batch of packet records is copied once into the wasm heap,
-// pushed as one Lua string, and walked by the prelude's P.run loop; each packet reports its
-// verdict through the host function done(), which also re-arms the fuel hook. One
-// lua_pcallk per batch, no JavaScript object ever enters the VM.
+// straight into the one Lua string the VM keeps for batches, and walked by the prelude's P.run
+// loop; each packet reports its verdict through a host function (accept, drop, done), which
+// also re-arms the fuel hook and hands P.run the next record. One lua_pcallk per batch, no
+// JavaScript object ever enters the VM.
 //
 // Budgets live here too: fuel is a count hook (re-armed per call; once spent it fires on every
 // instruction so pcall cannot swallow it), memory is a byte cap counted by a JS allocator on
@@ -38,7 +39,7 @@ export const MAX_MESSAGE = 1024
 export const MAX_LOG_LINE = 4096
 /** Bytes above the script's cap that only the host's own pushes may use (never the script). */
 const HOST_HEADROOM = 1 << 20
-/** Wasm memory beyond the Lua cap: C stack, static data, staging buffer, allocator slack. */
+/** Wasm memory beyond the Lua cap: C stack, static data, allocator slack. */
 const WASM_OVERHEAD = 6 << 20
 export const MAX_BATCH_BYTES = 512 << 10
 /** The wasm memory's own maximum for a VM whose script may hold `memory` bytes. The byte cap
@@ -162,14 +163,18 @@ export class LuaVM {
   /** A call may use the budget; the host's own pushes between calls get the headroom too. */
   private set inCall(v: boolean) {
     this.inCallFlag = v
-    if (this.meter) this.meter.limit.value = v ? this.memLimit : this.memLimit + HOST_HEADROOM
+    // the held batch string is the host's; the current batch counts against the script (see pushBatch)
+    if (this.meter) this.meter.limit.value = (v ? this.memLimit - this.batchLen : this.memLimit + HOST_HEADROOM) + this.batchHeld
   }
   private hookCountOffset = -1
   // batch state
-  private staging = 0
-  private stagingSize = 0
+  /** The batch string (registry ref), its length, and the current batch's length (see pushBatch). */
+  private batchRef = 0n
+  private batchHeld = 0
+  private batchLen = 0
   private out: BatchOutput | null = null
   private k = 0
+  private count = 0
   private pos = 0
   private batch: Uint8Array | null = null
   private batchView: DataView | null = null
@@ -208,7 +213,7 @@ export class LuaVM {
     return vm
   }
 
-  get memoryUsed(): number { return this.meter ? this.meter.used.value : 0 }
+  get memoryUsed(): number { return this.meter ? this.meter.used.value - this.batchHeld : 0 }
   get isBroken(): boolean { return this.broken }
   /** Why this VM should be replaced by one built from the script, or null while it is fine. */
   get rebuildReason(): string | null { return this.broken ? 'the VM crashed' : this.exhausted }
@@ -255,8 +260,6 @@ export class LuaVM {
       ex.lua_pushstring(this.L, this.cstr(text))
       this.errRefs[kind] = ex.luaL_ref(this.L, LUA_REGISTRYINDEX)
     }
-    this.stagingSize = MAX_BATCH_BYTES
-    this.staging = ex.malloc(this.stagingSize)
     this.loadPrelude()
     this.initServices()
     this.loadScript()
@@ -756,26 +759,33 @@ export class LuaVM {
       if (ex.lua_type(L, 2) === LUA_TNUMBER) out.mark[k] = ex.lua_tonumberx(L, 2, 0)
       if (ex.lua_type(L, 3) === LUA_TSTRING) out.data[k] = this.bytesAt(3)
     }
-    this.nextPacket(L)
-    return 0
+    return this.nextPacket(L)
   }
 
   /** The fast reports: a plain ACCEPT or DROP, no mark, no edit (the common case). */
-  private onAccept = (L: number): number => { this.out!.verdict[this.k] = 1; this.nextPacket(L); return 0 }
-  private onDrop = (L: number): number => { this.out!.verdict[this.k] = 0; this.nextPacket(L); return 0 }
+  private onAccept = (L: number): number => { this.out!.verdict[this.k] = 1; return this.nextPacket(L) }
+  private onDrop = (L: number): number => { this.out!.verdict[this.k] = 0; return this.nextPacket(L) }
 
-  /** Moves to the next packet of the batch with fresh fuel and clock. */
-  private nextPacket(L: number): void {
+  /** Moves to the next packet of the batch with fresh fuel and clock. Returns to P.run where the
+   *  next record starts (1-based) and its length, or nothing after the last packet. */
+  private nextPacket(L: number): number {
     if (this.measureFuel) this.out!.fuel[this.k] = this.fuelUsed()
     this.packetFinal(this.k++)
     this.progress[PROGRESS.calls]++
-    this.pos += this.batchView!.getUint32(this.pos, true)
-    if (!this.metered) return
-    // the hook stays installed for the whole batch: a new countdown is all a packet needs
-    const n = Math.min(HOOK_PERIOD, this.fuel)
-    this.left = this.fuel - n
-    this.callStart = 0
-    this.setCountdown(n)
+    const bv = this.batchView!
+    const pos = this.pos += bv.getUint32(this.pos, true)
+    if (this.metered) {
+      // the hook stays installed for the whole batch: a new countdown is all a packet needs
+      const n = Math.min(HOOK_PERIOD, this.fuel)
+      this.left = this.fuel - n
+      this.callStart = 0
+      this.setCountdown(n)
+    }
+    if (this.k >= this.count) return 0
+    // as floats: a BigInt per push costs more than the conversion in P.run
+    this.ex.lua_pushnumber(L, pos + 1)
+    this.ex.lua_pushnumber(L, bv.getUint32(pos + 4, true))
+    return 2
   }
 
   private packetFinal(k: number): void {
@@ -792,13 +802,12 @@ export class LuaVM {
    * caller's policy). Returns how many packets faulted.
    */
   runBatch(batch: Uint8Array, count: number, out: BatchOutput): number {
-    if (batch.length > this.stagingSize) throw new Error(`batch of ${batch.length} bytes exceeds ${this.stagingSize}`)
+    if (batch.length > MAX_BATCH_BYTES) throw new Error(`batch of ${batch.length} bytes exceeds ${MAX_BATCH_BYTES}`)
     const ex = this.ex, L = this.L
-    this.refreshViews()
-    this.u8.set(batch, this.staging)
     this.batch = batch
     this.batchView = new DataView(batch.buffer, batch.byteOffset, batch.byteLength)
     this.out = out
+    this.count = count
     this.k = 0
     this.pos = 0
     this.verdictFaults = 0
@@ -811,7 +820,7 @@ export class LuaVM {
     // slot 3 = the batch string for the whole batch (restarts after a fault reuse it)
     ex.lua_settop(L, 2)
     try {
-      ex.lua_pushlstring(L, this.staging, batch.length) // outside any pcall: a failure here aborts
+      this.pushBatch(batch) // outside any pcall: a failure here aborts
     } catch (e) {
       this.broken = true
       this.faultWhere = `cannot push the batch: ${(e as Error)?.message ?? e}`
@@ -829,7 +838,8 @@ export class LuaVM {
       ex.lua_pushnumber(L, count)
       ex.lua_pushnumber(L, this.pos + 1)
       ex.lua_pushnumber(L, this.k + 1)
-      const st = this.pcall(4, 0)
+      ex.lua_pushnumber(L, this.batchView.getUint32(this.pos + 4, true))
+      const st = this.pcall(5, 0)
       if (st === 0) {
         if (this.k >= count) break
         // offline: P.run stopped before a packet that a timer is due ahead of
@@ -845,6 +855,7 @@ export class LuaVM {
       if (this.k < count) this.pos += this.batchView.getUint32(this.pos, true)
     }
     ex.lua_settop(L, 2)
+    this.batchLen = 0
     if (this.cfg.host.clock === 'capture' && count > 0) {
       const last = this.lastRecordPos(count)
       this.lastClock = BigInt(this.batchView.getUint32(last + 20, true)) * 1_000_000_000n + BigInt(this.batchView.getUint32(last + 24, true))
@@ -853,6 +864,43 @@ export class LuaVM {
     this.batchView = null
     this.out = null
     return faults + this.verdictFaults
+  }
+
+  /**
+   * Pushes the batch as a Lua string. The VM keeps one batch string and the host writes each
+   * batch into it in place: a fresh string per batch cost an allocation, a second copy of the
+   * batch, and garbage that made the collector work (about 0.1 us a packet). Lua never looks at
+   * a long string's bytes behind the host's back (it hashes one only when it becomes a table key),
+   * and no packet of the previous batch is alive any more (a packet dies with its call). A script
+   * reaches the string only by rawget on a packet's slots, which gives it its own packet data;
+   * a copy it keeps that way shows later batches. The string's tail past the batch is earlier
+   * batches' bytes (or zeros): the loop reads records by position and length only.
+   * Memory: the string is the host's (not counted against the script), the current batch is
+   * counted during the batch's calls, as a string of its own was.
+   */
+  private pushBatch(batch: Uint8Array): void {
+    const ex = this.ex, L = this.L
+    if (batch.length > this.batchHeld) {
+      // longer than any batch before: a new string (the old one becomes garbage)
+      const size = Math.min(MAX_BATCH_BYTES, Math.max(batch.length, 2 * this.batchHeld, 16 << 10))
+      const p = ex.malloc(size)
+      if (!p) throw new Error(`cannot allocate ${size} bytes for the batch`)
+      try {
+        this.refreshViews()
+        this.u8.fill(0, p, p + size)
+        ex.lua_pushlstring(L, p, size)
+      } finally {
+        ex.free(p)
+      }
+      if (this.batchRef) ex.luaL_unref(L, LUA_REGISTRYINDEX, Number(this.batchRef))
+      this.batchRef = BigInt(ex.luaL_ref(L, LUA_REGISTRYINDEX))
+      this.batchHeld = size
+    }
+    ex.lua_rawgeti(L, LUA_REGISTRYINDEX, this.batchRef)
+    const p = ex.lua_tolstring(L, -1, 0)
+    this.refreshViews()
+    this.u8.set(batch, p)
+    this.batchLen = batch.length
   }
 
   private lastRecordPos(count: number): number {

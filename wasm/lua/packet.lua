@@ -354,33 +354,38 @@ local function finish(pkt, v, m)
   local out = pkt[4] and pkt[1] or nil
   pkt[1] = nil
   live = nil
-  done(code, mark, out, why)
+  return done(code, mark, out, why)
 end
 
--- Runs packets i..n of a batch string whose record i starts at pos. The host calls it again
--- from the packet after a fault (a fault unwinds this loop; the host knows where it stopped
--- because every finished packet reported through accept/drop/done, which also re-arm the fuel
--- for the next packet). Offline it also returns early, before a packet that a timer is due
--- ahead of (P.set_due); the host fires the timer and calls it again from that packet.
-function P.run(batch, n, pos, i)
+-- Runs packets i..n of a batch string whose record i starts at pos and holds len bytes. The
+-- host calls it again from the packet after a fault (a fault unwinds this loop; the host knows
+-- where it stopped because every finished packet reported through accept/drop/done, which also
+-- re-arm the fuel for the next packet). Each report returns where the next record starts and
+-- its length (the host reads them from the batch it holds: that spares a string.unpack per
+-- packet here), or nothing after the last one. A host that gives no len and returns nothing
+-- from its reports (bench/compare/shim.lua) has the records read here instead. Offline it also
+-- returns early, before a packet that a timer is due ahead of (P.set_due); the host fires the
+-- timer and calls it again from that packet.
+function P.run(batch, n, pos, i, len)
   if live ~= nil then live[1] = nil; live = nil end
+  local reclen, nxt
   while i <= n do
-    local reclen, len = sunpack('<I4I4', batch, pos)
+    if len == nil then reclen, len = sunpack('<I4I4', batch, pos) end
     if due ~= nil then
       local sec, nsec = sunpack('<I4I4', batch, pos + 20)
       if sec * 1000000000 + nsec >= due then return end
     end
-    local pkt = setmetatable({ batch, pos + HDR - 1, len, false, false, pos, batch, false }, PKT)
+    local pkt = setmetatable({ batch, pos + HDR - 1, len | 0, false, false, pos, batch, false }, PKT)
     live = pkt
     local v, m = entry(pkt)
     if m == nil and not pkt[4] and not pkt[8] and (v == nil or v == 1 or v == 0) then
       pkt[1] = nil
       live = nil
-      if v == 0 then drop() else accept() end
+      if v == 0 then nxt, len = drop() else nxt, len = accept() end
     else
-      finish(pkt, v, m)
+      nxt, len = finish(pkt, v, m)
     end
-    pos = pos + reclen
+    pos = nxt or reclen and pos + reclen
     i = i + 1
   end
 end

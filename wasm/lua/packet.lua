@@ -6,10 +6,12 @@
 --   [3] len    bytes held
 --   [4] edited true once the bytes were changed (then [1] is the packet alone and [2] is 0)
 --   [5] layers decoded protocol objects of this packet (a table), or false
---   [6] hdr    1-based position of the record header in [7] (false for copies)
---   [7] batch  the batch string holding the record header (false for copies)
---   [8] mark   the mark as set by the script, or false when unchanged
+--   [6] hdr    1-based position of the record header in the batch string (false for copies)
+--   [7] mark   the mark as set by the script, or false when unchanged
 -- Every slot exists from the start (false, not nil), so writing one never reaches __newindex.
+-- The record header is read from the batch being run (`batch` below): only a live packet reads
+-- it, and a live packet is always of that batch. (One slot less per packet: every slot is 16
+-- bytes more for the collector to go through, per packet.)
 -- Everything a script can reach through these slots is its own packet data, so a script that
 -- rawsets them only confuses itself.
 local P, H = ...
@@ -20,6 +22,7 @@ local mtype = math.type
 local error, setmetatable, tostring, type, select, rawget = error, setmetatable, tostring, type, select, rawget
 
 local HDR = 52          -- src/batch-format.ts
+local batch             -- the batch string P.run is walking
 local NONE = 0xffffffff
 local HOOKS = { 'prerouting', 'input', 'forward', 'output', 'postrouting' }
 
@@ -234,7 +237,7 @@ function methods.copy(t)
   local b = t[1]
   if b == nil then dead() end
   local base, len = t[2], t[3]
-  return setmetatable({ sub(b, base + 1, base + len), 0, len, true, false, false, false, false }, PKT)
+  return setmetatable({ sub(b, base + 1, base + len), 0, len, true, false, false, false }, PKT)
 end
 
 -- Makes lengths and checksums right now, the way psd does on accept (P.fixup is set by the
@@ -255,32 +258,32 @@ end
 local function hdr_u32(t, off)
   local h = t[6]
   if not h then return nil end
-  return (sunpack('<I4', t[7], h + off))
+  return (sunpack('<I4', batch, h + off))
 end
 
 getters.len = function(t) return t[3] end
 getters.origlen = function(t) return hdr_u32(t, 8) or t[3] end
 getters.id = function(t) return hdr_u32(t, 12) end
 getters.mark = function(t)
-  local m = t[8]
+  local m = t[7]
   if m then return m end
   return hdr_u32(t, 16) or 0
 end
 getters.time = function(t)
   local h = t[6]
   if not h then return nil end
-  local sec, nsec = sunpack('<I4I4', t[7], h + 20)
+  local sec, nsec = sunpack('<I4I4', batch, h + 20)
   return sec * 1000000000 + nsec
 end
 getters.family = function(t)
   local h = t[6]
-  if h then return byte(t[7], h + 28) end
+  if h then return byte(batch, h + 28) end
   local v = byte(t[1], t[2] + 1)
   return v and (v >> 4)
 end
 getters.hook = function(t)
   local h = t[6]
-  return h and HOOKS[byte(t[7], h + 29)]
+  return h and HOOKS[byte(batch, h + 29)]
 end
 local function hdr_opt(off)
   return function(t)
@@ -307,7 +310,7 @@ setters.mark = function(t, v)
   if mtype(v) ~= 'integer' or v < 0 or v > 0xffffffff then
     error(format('pkt.mark must be an integer in 0..4294967295, got %s', tostring(v)), 3)
   end
-  t[8] = v
+  t[7] = v
 end
 
 -- the batch loop --------------------------------------------------------------
@@ -343,7 +346,7 @@ function P.set_due(ns) due = ns end
 -- The general case: any verdict value, a mark, edits.
 local function finish(pkt, v, m)
   local code = verdict_code(v)
-  local mark = pkt[8] or nil
+  local mark = pkt[7] or nil
   local why
   if code < 0 then
     why = format('bad verdict %s (%s)', tostring(v), type(v))
@@ -366,19 +369,20 @@ end
 -- from its reports (bench/compare/shim.lua) has the records read here instead. Offline it also
 -- returns early, before a packet that a timer is due ahead of (P.set_due); the host fires the
 -- timer and calls it again from that packet.
-function P.run(batch, n, pos, i, len)
+function P.run(b, n, pos, i, len)
   if live ~= nil then live[1] = nil; live = nil end
+  batch = b
   local reclen, nxt
   while i <= n do
-    if len == nil then reclen, len = sunpack('<I4I4', batch, pos) end
+    if len == nil then reclen, len = sunpack('<I4I4', b, pos) end
     if due ~= nil then
-      local sec, nsec = sunpack('<I4I4', batch, pos + 20)
+      local sec, nsec = sunpack('<I4I4', b, pos + 20)
       if sec * 1000000000 + nsec >= due then return end
     end
-    local pkt = setmetatable({ batch, pos + HDR - 1, len | 0, false, false, pos, batch, false }, PKT)
+    local pkt = setmetatable({ b, pos + HDR - 1, len | 0, false, false, pos, false }, PKT)
     live = pkt
     local v, m = entry(pkt)
-    if m == nil and not pkt[4] and not pkt[8] and (v == nil or v == 1 or v == 0) then
+    if m == nil and not pkt[4] and not pkt[7] and (v == nil or v == 1 or v == 0) then
       pkt[1] = nil
       live = nil
       if v == 0 then nxt, len = drop() else nxt, len = accept() end

@@ -189,10 +189,14 @@ function fastBody(orig: number, gLast: number, gLastCi: number, gCache: number):
     ...br(0),
     END, END,
     // no place led to pc: all the code up to where the stretch must have ended; at least 1
-    ...get(BEST), ...get(N), ...get(BEST), select, ...tee(N), ...c(1), ...get(N), ...c(1), geU, select, ...set(CHARGE),
+    ...get(BEST), ...get(N), ...get(BEST), select, ...tee(P), ...c(1), ...get(P), ...c(1), geU, select, ...set(CHARGE),
     ...gget(gCache), ...IF,
     ...get(SLOT), ...gget(gLast), ...store(0), ...get(SLOT), ...get(KEY), ...store(4), ...get(SLOT), ...get(CHARGE), ...store(8),
     END,
+    // The scan itself is paid for, this once: at least one unit per 16 instructions read. A
+    // script that keeps evicting pairs whose scans run far past their end (more than the cache
+    // holds) could otherwise make the VM read code for free.
+    ...get(N), ...c(4), shrU, ...tee(P), ...get(CHARGE), ...get(P), ...get(CHARGE), gtU, select, ...set(CHARGE),
     END, // $count
     ...get(PC), ...gset(gLast),
     // count down; at zero Lua's function runs the hook (which arms the next period: the part of

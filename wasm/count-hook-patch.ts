@@ -1,24 +1,26 @@
 // A cheaper instruction count for the fuel budget: a patch to the Lua wasm's luaG_traceexec.
 //
-// Once a count hook is set, Lua 5.4 calls luaG_traceexec before every instruction. Stock, that
-// function loads the call frame, its function and prototype, stores the saved pc and counts
-// down, about a dozen memory operations per instruction before it learns the count is not yet
-// done: most of what the fuel budget costs. The patch puts a short function in its place that,
-// when the only hook is a count hook (psd's case), just counts down L->hookcount and returns;
-// everything else (the count reaching zero, line hooks, no hooks) goes to Lua's own function,
-// kept unchanged under a new index. The count stays exact: the same instructions are counted,
-// the hook runs at the same instruction with the same saved pc (Lua's function sets it then).
+// Once a count hook is set, Lua 5.4 calls luaG_traceexec before every instruction: a wasm call
+// per instruction, and around it the interpreter keeps spilling its registers. That was most of
+// what the fuel budget cost (30 to 110 %). The patch puts a short function in its place (the
+// stock one is kept, unchanged, under a new index) that returns 0, "no trap": the VM then runs on
+// untrapped until it next re-reads its frame's trap flag, which stays set, at its next jump,
+// call, return or call into C. There the function charges the stretch the VM ran since the
+// previous trap, read from the bytecode (see fastBody), counts L->hookcount down by it, and when
+// the count reaches zero hands over to Lua's own function, which runs psd's hook as before.
+// Anything but a count hook alone (no hooks, line hooks) also goes to Lua's own function.
 //
-// Skipping the saved pc on the other instructions is safe because nothing reads it between
-// hooks without first setting it: every instruction that can raise an error or call out saves
-// its pc itself (that is how Lua reports lines when no hook is set at all).
+// The count is Lua's own to within a few percent (test/64 compares the two). Not storing the
+// saved pc at every instruction is safe because nothing reads it between hooks without first
+// setting it: every instruction that can raise an error or call out saves its pc itself (that is
+// how Lua reports lines when no hook is set at all), and Lua's function sets it before the hook.
 //
 // The function is found by what it does, not by its index: the one function that calls
 // luaD_hook(L, LUA_HOOKCOUNT, -1, 0, 0), whose first instructions read L->ci and L->hookmask at
-// the offsets below. If wasmoon's wasm ever differs, the patch is not applied (and psd says so
-// through countHookPatched), and fuel works as before, only slower.
+// the offsets below. If wasmoon's wasm ever differs, the patch is not applied and fuel works as
+// before, only slower (test/64 checks that it applies to the wasm psd ships with).
 
-import { readLeb, leb, sleb } from './leb128.js'
+import { readLeb, leb, sleb, sections, section, rebuildModule } from './wasm-binary.js'
 
 /** lua_State field offsets in wasmoon 1.16.0's build (wasm32): checked against the code. */
 const L_CI = 20, L_HOOKCOUNT = 108, L_HOOKMASK = 112
@@ -35,23 +37,10 @@ const GOLDEN = 0x9e3779b1 | 0
 const I32 = 0x7f
 const op = {
   localGet: 0x20, localSet: 0x21, localTee: 0x22, i32Load: 0x28, i32Store: 0x36, i32Const: 0x41,
-  i32Eqz: 0x45, i32Ne: 0x47, i32Sub: 0x6b, i32And: 0x71, if: 0x04, else: 0x05, end: 0x0b, return: 0x0f, call: 0x10,
+  i32Eqz: 0x45, i32And: 0x71, if: 0x04, end: 0x0b, return: 0x0f, call: 0x10,
 }
 
-interface Section { id: number; start: number; body: number; end: number }
-
-function sections(bytes: Uint8Array): Section[] {
-  const out: Section[] = []
-  let pos = 8
-  while (pos < bytes.length) {
-    const [size, body] = readLeb(bytes, pos + 1)
-    out.push({ id: bytes[pos], start: pos, body, end: body + size })
-    pos = body + size
-  }
-  return out
-}
-
-function importedFunctions(bytes: Uint8Array, s: Section): number {
+function importedFunctions(bytes: Uint8Array, s: { body: number }): number {
   let [n, p] = readLeb(bytes, s.body), funcs = 0
   for (let i = 0; i < n; i++) {
     for (let k = 0; k < 2; k++) { const [len, q] = readLeb(bytes, p); p = q + len } // module, name
@@ -263,23 +252,12 @@ export function patchCountHook(bytes: Uint8Array): Uint8Array | null {
     ...exportGlobal(TRACE_FRAME_EXPORT, gLastCi), ...exportGlobal(TRACE_CACHE_EXPORT, gCache)]
 
   const newFuncs = [...leb(fcount + 1), ...types.flatMap((t) => leb(t)), ...leb(types[local])]
-  const parts: Uint8Array[] = [Uint8Array.from(leb(count + 1))]
-  for (const b of bodies) parts.push(b === target ? Uint8Array.from(fastBody(origIndex, gLast, gLastCi, gCache)) : bytes.subarray(b.start, b.end))
+  const parts: ArrayLike<number>[] = [leb(count + 1)]
+  for (const b of bodies) parts.push(b === target ? fastBody(origIndex, gLast, gLastCi, gCache) : bytes.subarray(b.start, b.end))
   parts.push(bytes.subarray(target.start, target.end)) // the stock body, unchanged, as a new function
-  const codeLen = parts.reduce((a, x) => a + x.length, 0)
 
-  const section = (id: number, body: number[]) => Uint8Array.from([id, ...leb(body.length), ...body])
-  const out: Uint8Array[] = []
-  for (const s of secs) {
-    if (s === funcs) out.push(section(3, newFuncs))
-    else if (s === globals) out.push(section(6, newGlobals))
-    else if (s === exports) out.push(section(7, newExports))
-    else if (s === code) { out.push(Uint8Array.from([10, ...leb(codeLen)])); out.push(...parts) }
-    else out.push(bytes.subarray(s.start, s.end))
-  }
-  const result = new Uint8Array(8 + out.reduce((a, x) => a + x.length, 0))
-  result.set(bytes.subarray(0, 8), 0)
-  let at = 8
-  for (const x of out) { result.set(x, at); at += x.length }
-  return result
+  const replaced = new Map([
+    [funcs, section(3, newFuncs)], [globals, section(6, newGlobals)], [exports, section(7, newExports)], [code, section(10, ...parts)],
+  ])
+  return rebuildModule(bytes, secs, (s) => replaced.get(s))
 }

@@ -13,7 +13,7 @@ import v8 from 'node:v8'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { patchCountHook } from './count-hook-patch.js'
-import { readLeb, leb, sleb } from './leb128.js'
+import { readLeb, leb, sleb, sections, section, rebuildModule } from './wasm-binary.js'
 
 export interface RawExports {
   memory: WebAssembly.Memory
@@ -34,34 +34,21 @@ export interface FunctionTable {
 
 const PAGE = 65536
 const compiled = new Map<number, WebAssembly.Module>()
-let originalBytes: Uint8Array | null = null
+let luaWasmBytes: Uint8Array | null = null
 
 /** Rewrites the module's memory section so the memory holds at most maxPages pages. */
 export function patchMemoryMax(bytes: Uint8Array, maxPages: number): Uint8Array {
-  let pos = 8
-  while (pos < bytes.length) {
-    const id = bytes[pos]
-    const [size, body] = readLeb(bytes, pos + 1)
-    if (id === 5) {
-      let p = body
-      const [count, afterCount] = readLeb(bytes, p); p = afterCount
-      if (count !== 1) throw new Error('unexpected wasm memory section')
-      const flags = bytes[p++]
-      const [min, afterMin] = readLeb(bytes, p); p = afterMin
-      if (flags & 1) p = readLeb(bytes, p)[1]
-      const newMin = Math.min(min, maxPages)
-      const section = [...leb(1), flags | 1, ...leb(newMin), ...leb(maxPages), ...bytes.subarray(p, body + size)]
-      const head = [5, ...leb(section.length)]
-      const out = new Uint8Array(pos + head.length + section.length + (bytes.length - body - size))
-      out.set(bytes.subarray(0, pos), 0)
-      out.set(head, pos)
-      out.set(section, pos + head.length)
-      out.set(bytes.subarray(body + size), pos + head.length + section.length)
-      return out
-    }
-    pos = body + size
-  }
-  throw new Error('wasm module has no memory section')
+  const secs = sections(bytes)
+  const memory = secs.find((s) => s.id === 5)
+  if (!memory) throw new Error('wasm module has no memory section')
+  let p = memory.body
+  const [count, afterCount] = readLeb(bytes, p); p = afterCount
+  if (count !== 1) throw new Error('unexpected wasm memory section')
+  const flags = bytes[p++]
+  const [min, afterMin] = readLeb(bytes, p); p = afterMin
+  if (flags & 1) p = readLeb(bytes, p)[1]
+  const limits = [...leb(1), flags | 1, ...leb(Math.min(min, maxPages)), ...leb(maxPages)]
+  return rebuildModule(bytes, secs, (s) => (s === memory ? section(5, limits, bytes.subarray(p, s.end)) : undefined))
 }
 
 function pagesFor(maxBytes: number): number {
@@ -78,19 +65,15 @@ export function optimizeLuaWasmUpFront(): void {
   v8.setFlagsFromString('--no-wasm-lazy-compilation')
 }
 
-/** Whether the Lua wasm runs with the cheap count hook (wasm/count-hook-patch.ts). */
-export let countHookPatched = false
-
 /** wasmoon's Lua wasm, with the count hook patch unless PSD_COUNT_HOOK=stock (for comparisons). */
 function wasmoonBytes(): Uint8Array {
-  if (!originalBytes) {
+  if (!luaWasmBytes) {
     const main = createRequire(import.meta.url).resolve('wasmoon')
     const stock = new Uint8Array(readFileSync(join(dirname(main), 'glue.wasm')))
     const patched = process.env.PSD_COUNT_HOOK === 'stock' ? null : patchCountHook(stock)
-    countHookPatched = patched !== null
-    originalBytes = patched ?? stock
+    luaWasmBytes = patched ?? stock
   }
-  return originalBytes
+  return luaWasmBytes
 }
 
 /**

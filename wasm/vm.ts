@@ -6,9 +6,10 @@
 // also re-arms the fuel hook and hands P.run the next record. One lua_pcallk per batch, no
 // JavaScript object ever enters the VM.
 //
-// Budgets live here too: fuel is a count hook (re-armed per call; once spent it fires on every
-// instruction so pcall cannot swallow it), memory is a byte cap counted by a JS allocator on
-// every allocation (plus the wasm memory's own maximum), time is checked by the same hook every
+// Budgets live here too: fuel is a count hook (re-armed per call, made cheap by
+// wasm/count-hook-patch.ts; once spent it fires at every jump, call and return so pcall cannot
+// swallow it), memory is a byte cap counted by a wasm allocator on every allocation
+// (wasm/loader.ts, plus the wasm memory's own maximum), time is checked by the same hook every
 // HOOK_PERIOD instructions and after every ALLOC_CHECK_BYTES allocated. Library calls that work
 // without allocating are charged fuel by the sandbox (H.charge). A runaway inside one C library
 // call is beyond any hook: the watchdog (src/engine/watchdog.ts) terminates the worker thread
@@ -18,7 +19,7 @@ import { fileURLToPath } from 'node:url'
 import { dirname, join } from 'node:path'
 import { webcrypto } from 'node:crypto'
 import { loadLuaWasm, meteredAllocator, type RawExports, type MeteredAllocator } from './loader.js'
-import { CACHE_BYTES } from './count-hook-patch.js'
+import { CACHE_BYTES, TRACE_FRAME_EXPORT, TRACE_CACHE_EXPORT } from './count-hook-patch.js'
 import { fixup, checksum16 } from '../src/packet/checksum.js'
 
 const LUA_MASKCOUNT = 8
@@ -224,12 +225,12 @@ export class LuaVM {
 
   private init(): void {
     const ex = this.ex
-    this.traceFrame = ex.psd_trace_frame
-    if (ex.psd_trace_cache) {
+    this.traceFrame = ex[TRACE_FRAME_EXPORT]
+    if (ex[TRACE_CACHE_EXPORT]) {
       const cache = ex.malloc(CACHE_BYTES)
       this.refreshViews()
       this.u8.fill(0, cache, cache + CACHE_BYTES)
-      ex.psd_trace_cache.value = cache
+      ex[TRACE_CACHE_EXPORT].value = cache
     }
     this.refreshViews()
     this.lenPtr = ex.malloc(8)

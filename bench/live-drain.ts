@@ -65,21 +65,12 @@ const ticks = (pid: number) => {
   return Number(f[11]) + Number(f[12]) // utime + stime, in clock ticks (1/100 s)
 }
 
-async function waitQueue(ns: string, q: number, pred: (waiting: number) => boolean, timeoutMs: number): Promise<number> {
-  const end = Date.now() + timeoutMs
-  for (;;) {
-    const w = (await queueLine(ns, q))?.[2] ?? -1
-    if (pred(w) || Date.now() > end) return w
-    await sleep(2)
-  }
-}
-
-/** Waits until the packets waiting in all the drain's queues (a queue not bound counts 0) pass pred. */
-async function waitQueues(pred: (waiting: number) => boolean, timeoutMs: number): Promise<number> {
+/** Waits until the packets waiting in queues qs (a queue not bound counts as `unbound`) pass pred. */
+async function waitQueues(qs: number[], pred: (waiting: number) => boolean, timeoutMs: number, unbound = 0): Promise<number> {
   const end = Date.now() + timeoutMs
   for (;;) {
     let w = 0
-    for (const q of queueIds) w += Math.max(0, (await queueLine(p.b, q))?.[2] ?? 0)
+    for (const q of qs) w += (await queueLine(p.b, q))?.[2] ?? unbound
     if (pred(w) || Date.now() > end) return w
     await sleep(2)
   }
@@ -103,6 +94,21 @@ const paired: number[] = []
 /** the same for the second drain of the same daemon (warm) */
 const pairedWarm: number[] = []
 /**
+ * One timed drain, the same for every consumer: it is stopped (SIGSTOP), the queues are filled,
+ * and it is continued; packets/s from SIGCONT until nothing waits in the queues (a consumer that
+ * exits with its last verdict unbinds its queue, and a queue not bound counts as empty).
+ */
+async function timedDrain(signal: (sig: NodeJS.Signals) => void): Promise<{ sent: number; queued: number; pps: number }> {
+  signal('SIGSTOP')
+  const { sent } = fill(p)
+  const queued = await waitQueues(queueIds, (w) => w >= packets, 10_000)
+  const start = performance.now()
+  signal('SIGCONT')
+  await waitQueues(queueIds, (w) => w === 0, 30_000)
+  return { sent, queued, pps: Math.round(packets / ((performance.now() - start) / 1000)) }
+}
+
+/**
  * The C consumer, measured as psd is: it binds, is stopped (SIGSTOP) while the queue fills, and
  * is continued; timed from outside until nothing waits. Its own figure (first packet received ..
  * last verdict sent) is kept too. Null if it fell short.
@@ -111,18 +117,11 @@ async function drainC(label: string): Promise<{ pps: number; cpu_us_per_packet: 
   const cs = queueIds.map((q) => new Proc('ip', ['netns', 'exec', p.b, ...hi(cpus), cBin, '-q', String(q), '-l', '65536',
     '-n', String(perQueue), '-t', '60'], 60_000))
   await sleep(300)
-  for (const c of cs) process.kill(c.child.pid!, 'SIGSTOP')
-  const sent = fill(p)
-  const queued = await waitQueues((w) => w >= packets, 10_000)
-  const start = performance.now()
-  for (const c of cs) process.kill(c.child.pid!, 'SIGCONT')
-  // each exits with its last verdict, which unbinds its queue: gone counts as empty
-  await waitQueues((w) => w <= 0, 30_000)
-  const pps = Math.round(packets / ((performance.now() - start) / 1000))
+  const { sent, queued, pps } = await timedDrain((sig) => { for (const c of cs) process.kill(c.child.pid!, sig) })
   const ds = await Promise.all(cs.map((c) => c.waitFor((o) => o.consumer === 'c', 60_000)))
   await Promise.all(cs.map((c) => c.exited))
   const own = ds.reduce((a, d) => a + d.pps, 0), cpuUs = +(ds.reduce((a, d) => a + d.cpu_us_per_packet, 0) / nq).toFixed(3)
-  console.log(`${label} c  : sent ${sent.sent}, queued ${queued}, drained at ${pps} pps from outside, ` +
+  console.log(`${label} c  : sent ${sent}, queued ${queued}, drained at ${pps} pps from outside, ` +
     `${own} pps by its own clock${nq > 1 ? ' (sum of the consumers)' : ''}, ${cpuUs} us CPU/packet`)
   if (ds.some((d) => d.packets !== perQueue) || queued < packets) return null
   drain.c.push(pps)
@@ -133,16 +132,10 @@ async function drainC(label: string): Promise<{ pps: number; cpu_us_per_packet: 
 
 /** psd, stopped, gets a queue-full, and is continued: timed from outside until nothing waits. */
 async function drainPsd(psd: LivePsd, label: string, kind: string): Promise<{ queued: number; pps: number; cpuUs: number }> {
-  psd.signal('SIGSTOP')
-  const sent = fill(p)
-  const queued = await waitQueues((w) => w >= packets, 10_000)
-  const t0 = ticks(psd.pid)
-  const start = performance.now()
-  psd.signal('SIGCONT')
-  await waitQueues((w) => w === 0, 30_000)
-  const pps = Math.round(packets / ((performance.now() - start) / 1000))
+  const t0 = ticks(psd.pid) // psd uses no CPU while it is stopped for the fill
+  const { sent, queued, pps } = await timedDrain((sig) => psd.signal(sig))
   const cpuUs = +((ticks(psd.pid) - t0) * 1e4 / packets).toFixed(2)
-  console.log(`${label} psd: sent ${sent.sent}, queued ${queued}, drained at ${pps} pps from outside (${kind}), ${cpuUs} us CPU/packet`)
+  console.log(`${label} psd: sent ${sent}, queued ${queued}, drained at ${pps} pps from outside (${kind}), ${cpuUs} us CPU/packet`)
   return { queued, pps, cpuUs }
 }
 
@@ -202,7 +195,7 @@ try {
   nsRun(p.b, 'iptables', ['-t', 'mangle', '-A', 'INPUT', '-p', 'icmp', '-j', 'NFQUEUE', '--queue-num', '1'])
   {
     const c = new Proc('ip', ['netns', 'exec', p.b, ...hi(cpus), cBin, '-q', '1', '-n', '10000000', '-t', '60'], 90_000)
-    await waitQueue(p.b, 1, (w) => w >= 0, 5000)
+    await waitQueues([1], (w) => w >= 0, 5000, -1)
     record('c consumer', ping())
     c.kill('SIGKILL')
     await c.exited

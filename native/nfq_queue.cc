@@ -360,10 +360,17 @@ void NfQueue::track(uint32_t id) {
 
 // Ring index of a tracked id, or -1. Ids rise in ring order (the kernel numbers packets in the
 // order it queues them and the socket delivers them in that order), so measure each id as an
-// offset from the oldest one and binary-search: this also survives the 32-bit wrap.
-long NfQueue::findTracked(uint32_t id) const {
+// offset from the oldest one and binary-search: this also survives the 32-bit wrap. `after` is
+// the ring index found for the verdict before (-1: none), checked first.
+long NfQueue::findTracked(uint32_t id, long after) const {
   if (trackCount_ == 0) return -1;
   size_t mask = trackId_.size() - 1;
+  // Verdicts usually come in the order the packets were received: try the slot after the last
+  // one found before searching.
+  if (after >= 0) {
+    size_t next = ((size_t)after + 1) & mask;
+    if (((next - trackHead_) & mask) < trackCount_ && trackId_[next] == id) return (long)next;
+  }
   uint32_t base = trackId_[trackHead_];
   uint32_t key = id - base;
   size_t lo = 0, hi = trackCount_;
@@ -631,11 +638,13 @@ int NfQueue::verdicts(const uint32_t* ids, const uint32_t* codes, const MarkSour
     msgs.push_back(Msg{start, hlen, data, data ? dlen : 0, track, batch});
   };
 
+  long prevK = -1;
   for (size_t i = 0; i < n; i++) {
     uint32_t mark = 0;
     bool hasMark = marks.get(i, &mark);
     size_t plen = payload.len ? payload.len[i] : 0;
-    long k = findTracked(ids[i]);
+    long k = findTracked(ids[i], prevK);
+    if (k >= 0) prevK = k;
     if (k >= 0 && trackState_[k] != ST_PENDING) k = -1;  // a repeat: send it, the kernel says ENOENT
     if (codes[i] == NF_ACCEPT && !hasMark && plen == 0 && k >= 0) {
       trackState_[k] = ST_CAND;

@@ -131,7 +131,7 @@ class NfQueue {
   size_t parseDatagram(uint8_t* dst, size_t cap, uint32_t maxRecords, ReceiveResult* out,
                        const struct timespec& now);
   void track(uint32_t id);
-  long findTracked(uint32_t id) const;
+  long findTracked(uint32_t id, long after = -1) const;
   void popDone();
 
   int fd_ = -1;

@@ -1,10 +1,12 @@
 // The memory a tenant's worker shares with the main thread (one SharedArrayBuffer per worker).
 //
-// The main thread writes a batch of records into `input` (and their record numbers into `ns`),
-// its size into ctl, and posts it by storing its command id in ctl[C.cmd] (Atomics.notify wakes
-// the worker); the worker runs it and writes each packet's result into the result arrays as soon
-// as it is final, so the results of the packets before a runaway survive the worker being
-// terminated, then stores the id in ctl[C.done] and notifies. No message crosses for a batch
+// The main thread writes a batch of records into `input` (or, when they already lie in shared
+// memory of its own, as the live loop's receive buffers do, says where: C.src, C.srcOff; the
+// worker was handed that buffer once, by message), their record numbers into `ns`, its size into
+// ctl, and posts it by storing its command id in ctl[C.cmd] (Atomics.notify wakes the worker);
+// the worker runs it and writes each packet's result into the result arrays as soon as it is
+// final, so the results of the packets before a runaway survive the worker being terminated,
+// then stores the id in ctl[C.done] and notifies. No message crosses for a batch
 // unless the reply carries more than the channel holds (counters, overflow, an error): then
 // ctl[C.reply] says a message follows. Other commands (stop, reload) are messages. The VM's
 // progress slots (PROGRESS in wasm/vm.ts) sit in `ctl` too: the watchdog reads them to see which
@@ -30,6 +32,8 @@ export const C = {
   fuel: 7,       // main: 1 while per-packet fuel is measured (read by the worker at each batch)
   progress: 8,   // PROGRESS_SLOTS slots, written by the VM
   extra: 13,     // worker: 1 when a packet of the batch done has edited bytes or a message (dataLen, msgLen)
+  src: 14,       // main: where the batch's records are: 0 = `input`, else the id of a shared buffer of the caller's
+  srcOff: 15,    // main: with src != 0, the byte offset of the records in that buffer
 } as const
 export const CUR_IDLE = 0
 export const CUR_CALLBACK = -1

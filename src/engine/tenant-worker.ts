@@ -8,12 +8,13 @@
 // tenant goes on. Other tenants never notice: each has its own thread, VM and wasm memory, and
 // this thread only hands batches over and copies results back.
 //
-// Per batch: the records are copied into the shared channel and posted there (Atomics.notify);
+// Per batch: the records are posted through the shared channel (Atomics.notify): copied into it,
+// or, when they already lie in shared memory (the live loop's receive buffers), left there;
 // verdicts, marks, faults and edited bytes come back through the channel, and so does the word
 // that the batch is done (awaited with Atomics.waitAsync); a message only when the answer needs one.
 // The worker keeps a spare (a second worker with the script loaded) once the watchdog had to
 // stop one, so a tenant that keeps running away does not also wait for a thread to start.
-import { Worker } from 'node:worker_threads'
+import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads'
 import { Channel, C, CUR_IDLE, CUR_CALLBACK, CHANNEL_PACKETS, REPLY_MESSAGE, waitAsync } from './channel.js'
 import { watchdog, graceMs, type Watched } from './watchdog.js'
 import { FaultLog } from './fault-log.js'
@@ -35,6 +36,8 @@ export interface Snapshot {
 
 export interface WorkerInit {
   sab: SharedArrayBuffer
+  /** shared buffers that batches may lie in, one message each ({ id, sab }), read synchronously */
+  sharePort: MessagePort
   module: WebAssembly.Module
   cfg: TenantConfig
   clock: 'capture' | 'real'
@@ -76,6 +79,8 @@ type CommandBody = Extract<WorkerCommand, { id: number }> extends infer T ? T ex
 const CUR_BOOT = -2
 /** JS heap limits of a worker: the VM's memory is wasm memory, outside these; the JS side is small. */
 const RESOURCE_LIMITS = { maxOldGenerationSizeMb: 64, maxYoungGenerationSizeMb: 4, stackSizeMb: 4 }
+/** Shared buffers a worker is handed for batches to lie in (a queue loop has two). */
+const MAX_SHARED = 4
 const workerUrl = new URL('./worker.js', import.meta.url)
 const F_TIME = FAULT_KINDS.indexOf('time'), F_CRASH = FAULT_KINDS.indexOf('crash')
 /** After a rebuild fails, the next attempt waits this long (packets meanwhile get fault verdicts). */
@@ -103,21 +108,27 @@ class WorkerHandle implements Watched {
   cpuRun = -1
   gone = false
   death: Death | null = null
-  /** packets of the batch command in flight (its records are in channel.input) */
+  /** packets of the batch command in flight, and its records (channel.input or the caller's buffer) */
   batchCount = 0
+  batchInput: Uint8Array = this.channel.input
   private worker: Worker
+  private sharePort: MessagePort
+  private shared = new Map<SharedArrayBuffer, number>()
   private pending = new Map<number, (r: Reply) => void>()
   private nextId = 1
   private lastError = ''
   private settleReady: ((d: Death) => void) | null = null
 
-  constructor(init: Omit<WorkerInit, 'sab'>, private onSend: (packet: Uint8Array, timeNs: bigint) => void,
+  constructor(init: Omit<WorkerInit, 'sab' | 'sharePort'>, private onSend: (packet: Uint8Array, timeNs: bigint) => void,
     private onDeath: (h: WorkerHandle, d: Death) => void) {
     this.limitMs = init.cfg.timeoutMs + graceMs(init.cfg.timeoutMs)
     this.channel.ctl[C.cur] = CUR_BOOT
     this.measureFuel = init.measureFuel
+    const { port1, port2 } = new MessageChannel()
+    this.sharePort = port1
     this.worker = new Worker(workerUrl, {
-      workerData: { ...init, sab: this.channel.sab } satisfies WorkerInit,
+      workerData: { ...init, sab: this.channel.sab, sharePort: port2 } satisfies WorkerInit,
+      transferList: [port2],
       resourceLimits: RESOURCE_LIMITS,
     })
     this.ready = new Promise<Snapshot>((resolve, reject) => {
@@ -155,7 +166,33 @@ class WorkerHandle implements Watched {
   }
 
   /**
-   * Posts a batch command through the channel: its records are in channel.input and its record
+   * Puts records batch[pos, end) where the worker reads the next batch. Records that lie in a
+   * SharedArrayBuffer (the live loop's receive buffers) stay where they are: the worker is handed
+   * the buffer the first time (a message it reads synchronously, sent before the batch's wake-up)
+   * and told the offset, which saves copying every batch. The caller leaves them unchanged until
+   * the batch is answered. Anything else is copied into channel.input.
+   */
+  placeInput(batch: Uint8Array, pos: number, end: number): void {
+    const ctl = this.channel.ctl, sab = batch.buffer
+    if (sab instanceof SharedArrayBuffer && (this.shared.has(sab) || this.shared.size < MAX_SHARED)) {
+      let id = this.shared.get(sab)
+      if (id === undefined) {
+        id = this.shared.size + 1
+        this.shared.set(sab, id)
+        this.sharePort.postMessage({ id, sab })
+      }
+      ctl[C.src] = id
+      ctl[C.srcOff] = batch.byteOffset + pos
+      this.batchInput = batch.subarray(pos, end)
+    } else {
+      ctl[C.src] = 0
+      this.channel.input.set(batch.subarray(pos, end))
+      this.batchInput = this.channel.input
+    }
+  }
+
+  /**
+   * Posts a batch command through the channel: its records are placed (placeInput) and its record
    * numbers in channel.ns. The worker is woken with Atomics.notify, and its answer awaited with
    * Atomics.waitAsync; a message comes only when the answer does not fit the channel.
    */
@@ -234,6 +271,7 @@ class WorkerHandle implements Watched {
     this.hold(false)
     watchdog.unwatch(this)
     void this.worker.terminate()
+    this.sharePort.close()
   }
 
   private die(kind: 'time' | 'crash', detail: string): void {
@@ -242,6 +280,7 @@ class WorkerHandle implements Watched {
     this.hold(false)
     watchdog.unwatch(this)
     void this.worker.terminate()
+    this.sharePort.close()
     const p = this.channel.progress
     const calls = Atomics.load(p, PROGRESS.calls)
     const d: Death = {
@@ -367,7 +406,7 @@ export class WorkerTenant {
     if (d.kind === 'time') this.kills++
     // offline, the VM built next starts its clock at the packet that was running
     if (d.cur > 0 && d.done < h.batchCount) {
-      const v = new DataView(h.channel.input.buffer, h.channel.input.byteOffset)
+      const v = new DataView(h.batchInput.buffer, h.batchInput.byteOffset)
       let p = 0
       for (let j = 0; j < d.done; j++) p += v.getUint32(p, true)
       this.lastClock = BigInt(v.getUint32(p + 20, true)) * 1_000_000_000n + BigInt(v.getUint32(p + 24, true))
@@ -432,7 +471,7 @@ export class WorkerTenant {
       if (count - first <= CHANNEL_PACKETS) { n = count - first; end = batch.length } // the rest fits
       else while (n < CHANNEL_PACKETS) { end += view.getUint32(end, true); n++ }
       const ch = h.channel
-      ch.input.set(batch.subarray(pos, end))
+      h.placeInput(batch, pos, end)
       if (ns instanceof Float64Array) ch.ns.set(ns.subarray(first, first + n))
       else for (let j = 0; j < n; j++) ch.ns[j] = ns[first + j]
       h.batchCount = n

@@ -8,7 +8,7 @@
 // commands arrive as messages; log lines go straight to stderr from here. After each batch's
 // reply the deferred calls run (off the packet path, while the main thread already hands the
 // verdicts on).
-import { parentPort, workerData } from 'node:worker_threads'
+import { parentPort, workerData, receiveMessageOnPort } from 'node:worker_threads'
 import { readlinkSync } from 'node:fs'
 import { Tenant, BatchOutput, LoadError } from './tenant.js'
 import { Logger } from '../log.js'
@@ -98,7 +98,26 @@ function snapshot(always = true): Snapshot | undefined {
 }
 const SNAP_MS = 100
 
-/** Runs the batch command `id` posted in the channel (C.count records in ch.input). */
+/** Shared buffers of main's that batches lie in, by id (tenant-worker.ts placeInput). */
+const sharedInputs = new Map<number, SharedArrayBuffer>()
+
+/** The records of the batch posted: in ch.input, or where C.src and C.srcOff say. */
+function batchInput(bytes: number): Uint8Array {
+  const src = ch.ctl[C.src]
+  if (src === 0) return ch.input.subarray(0, bytes)
+  let sab = sharedInputs.get(src)
+  while (sab === undefined) {
+    // main sent the buffer before it posted the batch: the message is waiting on the port
+    const m = receiveMessageOnPort(init.sharePort)
+    if (m === undefined) throw new Error(`the batch lies in shared buffer ${src}, which main never sent`)
+    const { id, sab: b } = m.message as { id: number; sab: SharedArrayBuffer }
+    sharedInputs.set(id, b)
+    sab = sharedInputs.get(src)
+  }
+  return new Uint8Array(sab, ch.ctl[C.srcOff], bytes)
+}
+
+/** Runs the batch command `id` posted in the channel (C.count records, batchInput()). */
 async function runBatch(id: number): Promise<void> {
   const fuel = Atomics.load(ch.ctl, C.fuel) === 1
   if (fuel !== fuelOn) { fuelOn = fuel; tenant.measureFuel(fuel) }
@@ -112,7 +131,7 @@ async function runBatch(id: number): Promise<void> {
     if (overflowMsg.length) overflowMsg = []
     ch.dataLen.fill(-1, 0, count)
     ch.msgLen.fill(-1, 0, count)
-    await tenant.run(ch.input.subarray(0, bytes), count, out, ch.ns)
+    await tenant.run(batchInput(bytes), count, out, ch.ns)
     ok = true
     const snap = snapshot(false)
     if (snap !== undefined || overflowData.length || overflowMsg.length) reply = { t: 'reply', id, snap, overflowData, overflowMsg }

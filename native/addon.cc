@@ -57,6 +57,7 @@ class Queue : public Napi::ObjectWrap<Queue> {
                        {
                            InstanceMethod("receive", &Queue::Receive),
                            InstanceMethod("verdicts", &Queue::Verdicts),
+                           InstanceMethod("verdictRecords", &Queue::VerdictRecords),
                            InstanceMethod("settleAll", &Queue::SettleAll),
                            InstanceMethod("startPoll", &Queue::StartPoll),
                            InstanceMethod("stopPoll", &Queue::StopPoll),
@@ -249,6 +250,54 @@ class Queue : public Napi::ObjectWrap<Queue> {
     }
     std::string err;
     int r = q_.verdicts(ids, codes, marks, pl, n, &err);
+    if (r < 0) {
+      makeError(env, r, err).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    return Napi::Number::New(env, (double)n);
+  }
+
+  // verdictRecords(records: Uint8Array, count, verdict: Int32Array, mark: Float64Array, fault: Uint8Array,
+  //                faultCode, res: Float64Array(15)) -> count
+  // res: accepted, dropped, other, faults, gso, csumPartial, invalid, then (id, code) of the first
+  // four invalid codes.
+  Napi::Value VerdictRecords(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    uint8_t *recs, *fault;
+    int32_t* verdict;
+    double *mark, *res;
+    size_t bytes, nv, nm, nf, nr;
+    if (info.Length() < 7 || !getTyped(info[0], napi_uint8_array, &recs, &bytes) || !info[1].IsNumber() ||
+        !getTyped(info[2], napi_int32_array, &verdict, &nv) || !getTyped(info[3], napi_float64_array, &mark, &nm) ||
+        !getTyped(info[4], napi_uint8_array, &fault, &nf) || !info[5].IsNumber() ||
+        !getTyped(info[6], napi_float64_array, &res, &nr)) {
+      Napi::TypeError::New(env, "verdictRecords(records: Uint8Array, count, verdict: Int32Array, mark: Float64Array, "
+                                "fault: Uint8Array, faultCode, res: Float64Array(15))")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    double nd = info[1].As<Napi::Number>().DoubleValue();
+    if (!(nd >= 0 && nd == (double)(size_t)nd) || nv < (size_t)nd || nm < (size_t)nd || nf < (size_t)nd || nr < 15) {
+      Napi::RangeError::New(env, "verdictRecords: count must be a non-negative integer that verdict, mark and fault hold, "
+                                 "and res must hold 15 numbers")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    size_t n = (size_t)nd;
+    psd::RecordVerdicts rv;
+    std::string err;
+    int r = q_.verdictRecords(recs, bytes, n, verdict, mark, fault, info[5].As<Napi::Number>().Uint32Value(), &rv, &err);
+    res[0] = rv.accepted;
+    res[1] = rv.dropped;
+    res[2] = rv.other;
+    res[3] = rv.faults;
+    res[4] = rv.gso;
+    res[5] = rv.csumPartial;
+    res[6] = rv.invalid;
+    for (size_t i = 0; i < psd::RecordVerdicts::kShown; i++) {
+      res[7 + 2 * i] = rv.badId[i];
+      res[8 + 2 * i] = rv.badCode[i];
+    }
     if (r < 0) {
       makeError(env, r, err).ThrowAsJavaScriptException();
       return env.Undefined();

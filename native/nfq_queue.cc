@@ -40,6 +40,10 @@ inline void putLE32(uint8_t* p, uint32_t v) {
   p[3] = (uint8_t)(v >> 24);
 }
 
+inline uint32_t getLE32(const uint8_t* p) {
+  return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
 inline uint32_t getBE32(const uint8_t* p) {
   return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
@@ -745,6 +749,50 @@ int NfQueue::verdicts(const uint32_t* ids, const uint32_t* codes, const MarkSour
   }
   popDone();
   return rc;
+}
+
+int NfQueue::verdictRecords(const uint8_t* recs, size_t bytes, size_t n, const int32_t* verdict,
+                            const double* mark, const uint8_t* fault, uint32_t faultCode,
+                            RecordVerdicts* out, std::string* err) {
+  recIds_.resize(n);
+  recCodes_.resize(n);
+  recMarks_.resize(n);
+  size_t pos = 0;
+  for (size_t k = 0; k < n; k++) {
+    const uint8_t* r = recs + pos;
+    uint32_t reclen = pos + rec::HDR <= bytes ? getLE32(r + rec::RECLEN) : 0;
+    if (reclen < rec::HDR || pos + reclen > bytes) {
+      *err = "verdictRecords: record " + std::to_string(k) + " of " + std::to_string(n) + " lies outside the " +
+             std::to_string(bytes) + " bytes given";
+      return -EINVAL;
+    }
+    uint8_t flags = r[rec::FLAGS];
+    if (flags & rec::FLAG_GSO) out->gso++;
+    if (flags & rec::FLAG_CSUM_NOT_READY) out->csumPartial++;
+    uint32_t id = getLE32(r + rec::ID);
+    uint32_t code = (uint32_t)verdict[k];
+    double m = mark[k];
+    if (!(code == NF_ACCEPT || code == NF_DROP || code == NF_REPEAT || (code & 0xffff) == NF_QUEUE)) {
+      if (out->invalid < RecordVerdicts::kShown) {
+        out->badId[out->invalid] = id;
+        out->badCode[out->invalid] = code;
+      }
+      out->invalid++;
+      code = faultCode;
+      m = -1;
+    }
+    if (fault[k]) out->faults++;
+    if (code == NF_ACCEPT) out->accepted++;
+    else if (code == NF_DROP) out->dropped++;
+    else out->other++;
+    recIds_[k] = id;
+    recCodes_[k] = code;
+    recMarks_[k] = m;
+    pos += reclen;
+  }
+  MarkSource marks;
+  marks.f64 = recMarks_.data();
+  return verdicts(recIds_.data(), recCodes_.data(), marks, PayloadSource(), n, err);
 }
 
 int NfQueue::settleAll(uint32_t code, std::string* err) {

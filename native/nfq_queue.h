@@ -86,6 +86,16 @@ struct ReceiveResult {
   uint32_t bytes = 0;
 };
 
+// What verdictRecords gave, for the caller's counters and log.
+struct RecordVerdicts {
+  uint32_t accepted = 0, dropped = 0, other = 0;  // by the code sent
+  uint32_t faults = 0;                           // records whose fault byte is set
+  uint32_t gso = 0, csumPartial = 0;             // records flagged GSO / checksum not ready
+  uint32_t invalid = 0;                          // codes the kernel would not take (sent as faultCode)
+  static constexpr size_t kShown = 4;
+  uint32_t badId[kShown] = {}, badCode[kShown] = {};  // the first of those
+};
+
 class NfQueue {
  public:
   NfQueue() = default;
@@ -119,6 +129,13 @@ class NfQueue {
   // outstanding). *err says why.
   int verdicts(const uint32_t* ids, const uint32_t* codes, const MarkSource& marks,
                const PayloadSource& payload, size_t n, std::string* err);
+
+  // The verdicts of n records as receive() wrote them (ids and flags read from the records), with
+  // verdict[k] and mark[k] (outside 0..2^32-1: unchanged) for record k and no new payloads: the
+  // live loop's common case in one call. A code other than NF_ACCEPT, NF_DROP, NF_REPEAT or
+  // NF_QUEUE_NR(n) is sent as faultCode with the mark unchanged and reported in *out.
+  int verdictRecords(const uint8_t* recs, size_t bytes, size_t n, const int32_t* verdict, const double* mark,
+                     const uint8_t* fault, uint32_t faultCode, RecordVerdicts* out, std::string* err);
 
   // Gives every outstanding packet (delivered or still pending in our buffer) the verdict code
   // with a single batch message. Used on shutdown.
@@ -159,6 +176,9 @@ class NfQueue {
   // verdict send buffers, reused
   std::vector<uint8_t> vbuf_;
   std::vector<struct iovec> viov_;
+  // verdictRecords' arrays for verdicts(), reused
+  std::vector<uint32_t> recIds_, recCodes_;
+  std::vector<double> recMarks_;
 };
 
 }  // namespace psd

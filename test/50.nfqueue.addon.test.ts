@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import {
-  NfQueue, NfQueueError, NF_QUEUE_NR, NF_QUEUE, parseKernelCounters, addonAvailable, loadAddon,
+  NfQueue, NfQueueError, NF_QUEUE_NR, NF_QUEUE, NF_DROP, parseKernelCounters, addonAvailable, loadAddon,
 } from '../src/live/nfqueue.js'
 import {
   buildC, createPair, deletePair, liveUnavailable, nsRun, Proc, ruleCount, run, udpReceiver, type Pair,
@@ -155,6 +155,23 @@ live('UDP: JS drops the datagrams whose payload starts with X (exact counts)', (
   assert.is(done.stats.outstanding, 0)
   assert.ok(done.stats.batchMsgs > 0, 'plain accepts went out as batch verdicts')
   assert.ok(done.stats.sendCalls <= done.stats.recvCalls, 'one sendmsg per receive batch at most')
+}))
+
+live('verdictRecords: ids read from the records, codes the kernel would not take sent as the fault code (exact counts)', () => withPair('records', async (p) => {
+  nsRun(p.b, 'iptables', ['-A', 'INPUT', '-p', 'udp', '--dport', '9999', '-j', 'NFQUEUE', '--queue-num', '0'])
+  // 1000 datagrams, every 10th starting with X (dropped); of the 900 others every 7th gets code 7
+  const { done, got } = await udpRun(p, { mode: 'dropx', api: 'records', badEvery: 7, faultCode: NF_DROP, limit: 1000 },
+    ['-n', '1000', '-x', '10', '-r', '10000'])
+  assert.is(done.packets, 1000)
+  assert.is(done.invalid, 128)
+  assert.is(done.dropped, 228)
+  assert.is(done.accepted, 772)
+  assert.is(got.total, 772)
+  assert.is(got.first.X, undefined)
+  assert.ok(done.shown.length > 0 && done.shown.every((s: { id: number; code: number }) => s.code === 7 && s.id > 0))
+  assert.is(done.stats.nlErrors, 0, 'no verdict was refused by the kernel')
+  assert.is(done.stats.outstanding, 0)
+  assert.ok(done.stats.batchMsgs > 0, 'plain accepts went out as batch verdicts')
 }))
 
 live('UDP: verdicts given out of order, one call per packet, stay exact', () => withPair('order', async (p) => {

@@ -8,9 +8,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { QueueWorker, type LiveTenant } from '../src/live/run.js'
-import { NfQueueError, NF_ACCEPT, NF_DROP, type VerdictBatch } from '../src/live/nfqueue.js'
+import { NfQueueError, NF_ACCEPT, NF_DROP, RV, RV_SHOWN, type VerdictBatch } from '../src/live/nfqueue.js'
 import { Tenant, BatchOutput } from '../src/engine/tenant.js'
-import { writeRecord, HDR, type PacketMeta } from '../src/batch-format.js'
+import { writeRecord, HDR, OFF, type PacketMeta } from '../src/batch-format.js'
 import { verify } from '../src/packet/checksum.js'
 import { queuesInRules, suggestedRule } from '../src/live/rules.js'
 import { InterfaceNames } from '../src/live/ifname.js'
@@ -76,6 +76,36 @@ class FakeQueue {
       })
       this.held.delete(b.ids[i])
     }
+  }
+
+  /** NfQueue.verdictRecords: the ids and flags from the records, codes checked, then verdicts(). */
+  verdictRecords(records: Uint8Array, count: number, verdict: Int32Array, mark: Float64Array, fault: Uint8Array,
+    faultCode: number, counts: Float64Array): void {
+    const view = new DataView(records.buffer, records.byteOffset, records.byteLength)
+    const ids = new Uint32Array(count), codes = new Uint32Array(count), marks = new Float64Array(count)
+    counts.fill(0)
+    for (let k = 0, pos = 0; k < count; k++) {
+      ids[k] = view.getUint32(pos + OFF.id, true)
+      const flags = records[pos + OFF.flags]
+      if (flags & 1) counts[RV.gso]++
+      if (flags & 2) counts[RV.csumPartial]++
+      let code = verdict[k] >>> 0, m = mark[k]
+      if (!(code === NF_ACCEPT || code === NF_DROP || code === 4 || (code & 0xffff) === 3)) {
+        if (counts[RV.invalid] < RV_SHOWN) {
+          counts[RV.shown + 2 * counts[RV.invalid]] = ids[k]
+          counts[RV.shown + 2 * counts[RV.invalid] + 1] = code
+        }
+        counts[RV.invalid]++
+        code = faultCode
+        m = -1
+      }
+      if (fault[k]) counts[RV.faults]++
+      counts[code === NF_ACCEPT ? RV.accepted : code === NF_DROP ? RV.dropped : RV.other]++
+      codes[k] = code
+      marks[k] = m
+      pos += view.getUint32(pos + OFF.reclen, true)
+    }
+    this.verdicts({ count, ids, codes, marks, payload: null })
   }
 
   settleAll(code: number): void {

@@ -112,6 +112,8 @@ interface NativeQueue {
   receive(buf: Uint8Array, max: number, info: Uint32Array): number
   verdicts(count: number, ids: Uint32Array, codes: Uint32Array, marks: Uint32Array | Float64Array | null,
     data: Uint8Array | null, offsets: Uint32Array | null, lengths: Uint32Array | null): number
+  verdictRecords(records: Uint8Array, count: number, verdict: Int32Array, mark: Float64Array, fault: Uint8Array,
+    faultCode: number, res: Float64Array): number
   settleAll(code: number): void
   startPoll(cb: (status: number) => void): void
   stopPoll(): void
@@ -197,6 +199,15 @@ export function readKernelCounters(): KernelQueueCounters[] {
     return []
   }
 }
+
+/**
+ * Slots of verdictRecords' counts (a Float64Array of RV_SLOTS): codes sent by kind, records with
+ * a fault, GSO and checksum-not-ready records, codes the kernel would not take (sent as the fault
+ * code), then (id, code) of the first RV_SHOWN of those.
+ */
+export const RV = { accepted: 0, dropped: 1, other: 2, faults: 3, gso: 4, csumPartial: 5, invalid: 6, shown: 7 } as const
+export const RV_SHOWN = 4
+export const RV_SLOTS = RV.shown + 2 * RV_SHOWN
 
 export class NfQueue {
   readonly queue: number
@@ -293,6 +304,23 @@ export class NfQueue {
     try {
       this.#native().verdicts(b.count, b.ids, b.codes, b.marks ?? null, p ? p.data : null, p ? p.offsets : null,
         p ? p.lengths : null)
+    } catch (e) {
+      throw wrapError(e, this.queue)
+    }
+  }
+
+  /**
+   * The verdicts of `count` records as receive() wrote them into `records`, none with a new
+   * payload: the ids and flags are read from the records, and record k gets verdict[k] with
+   * mark[k] (-1: unchanged); sent as verdicts() sends them. A code the kernel would not take
+   * (anything but NF_ACCEPT, NF_DROP, NF_REPEAT, NF_QUEUE_NR(n)) is sent as faultCode with the
+   * mark unchanged. Writes what it sent into counts (RV slots; fault[k] != 0 counts a fault),
+   * also when it throws NfQueueError as verdicts() does.
+   */
+  verdictRecords(records: Uint8Array, count: number, verdict: Int32Array, mark: Float64Array, fault: Uint8Array,
+    faultCode: number, counts: Float64Array): void {
+    try {
+      this.#native().verdictRecords(records, count, verdict, mark, fault, faultCode, counts)
     } catch (e) {
       throw wrapError(e, this.queue)
     }

@@ -20,7 +20,7 @@
 // settled with the fault verdict. On shutdown (SIGTERM, SIGINT) each worker stops reading, lets
 // its batch in flight finish, runs the script over the packets that were already queued when the
 // signal came (bounded in time), gives whatever is still waiting the fault verdict, and unbinds.
-import { NfQueue, NfQueueError, NF_ACCEPT, NF_DROP, NF_REPEAT, type QueueStats, type KernelQueueCounters, type VerdictBatch } from './nfqueue.js'
+import { NfQueue, NfQueueError, NF_ACCEPT, NF_DROP, NF_REPEAT, RV, RV_SHOWN, RV_SLOTS, type QueueStats, type KernelQueueCounters, type VerdictBatch } from './nfqueue.js'
 import { queuesWithRules, suggestedRule } from './rules.js'
 import { Tenant, BatchOutput, FAULT_KINDS } from '../engine/tenant.js'
 import { MAX_BATCH_BYTES } from '../../wasm/vm.js'
@@ -108,6 +108,11 @@ function unsendableEdit(d: Uint8Array, len: number, origlen: number): string | n
   return null
 }
 
+function hasEdits(out: BatchOutput, n: number): boolean {
+  for (let k = 0; k < n; k++) if (out.data[k] !== null) return true
+  return false
+}
+
 function sameBytes(d: Uint8Array, buf: Uint8Array, at: number, len: number): boolean {
   if (d.length !== len) return false
   for (let i = 0; i < len; i++) if (d[i] !== buf[at + i]) return false
@@ -165,6 +170,8 @@ export class QueueWorker {
   private readonly offsets: Uint32Array
   private readonly lengths: Uint32Array
   private data = new Uint8Array(256 << 10)
+  /** what the last verdictRecords sent (RV slots) */
+  private readonly sent = new Float64Array(RV_SLOTS)
   /** packets of one VM batch while the queue is backed up (receive); bytes of the largest record */
   private readonly maxBatch: number
   private readonly maxRecord: number
@@ -322,6 +329,37 @@ export class QueueWorker {
   }
 
   private sendVerdicts(buf: Uint8Array, dv: DataView, out: BatchOutput, n: number): void {
+    if (hasEdits(out, n)) this.sendEdited(buf, dv, out, n)
+    else this.sendPlain(buf, out, n)
+    this.counts.packets += n
+    this.counts.batches++
+    this.lastAt = performance.now()
+  }
+
+  /** No packet has new bytes: the addon reads the ids and flags from the records, and counts. */
+  private sendPlain(buf: Uint8Array, out: BatchOutput, n: number): void {
+    const r = this.sent.fill(0)
+    try {
+      this.q.verdictRecords(buf, n, out.verdict, out.mark, out.fault, this.faultCode, r)
+    } catch (e) {
+      this.verdictsFailed(e as Error)
+    }
+    const c = this.counts
+    c.accepted += r[RV.accepted]
+    c.dropped += r[RV.dropped]
+    c.other += r[RV.other]
+    c.faults += r[RV.faults]
+    c.gso += r[RV.gso]
+    c.csumPartial += r[RV.csumPartial]
+    const bad = r[RV.invalid]
+    for (let i = 0; i < Math.min(bad, RV_SHOWN); i++) { // never from Tenant.run
+      this.log.error(`packet ${r[RV.shown + 2 * i]}: verdict code ${r[RV.shown + 2 * i + 1]} is not one the kernel takes; the fault verdict is used`)
+    }
+    if (bad > RV_SHOWN) this.log.error(`${bad - RV_SHOWN} more packets of the batch had verdict codes the kernel does not take; the fault verdict is used`)
+  }
+
+  /** Some packets have new bytes: checked, fixed up and sent with their verdicts. */
+  private sendEdited(buf: Uint8Array, dv: DataView, out: BatchOutput, n: number): void {
     const c = this.counts
     let dpos = 0
     for (let k = 0, pos = 0; k < n; k++) {
@@ -368,8 +406,6 @@ export class QueueWorker {
       else c.other++
       pos += dv.getUint32(pos + OFF.reclen, true)
     }
-    c.packets += n
-    c.batches++
     const b: VerdictBatch = {
       count: n, ids: this.ids, codes: this.codes, marks: out.mark,
       payload: dpos > 0 ? { data: this.data, offsets: this.offsets, lengths: this.lengths } : null,
@@ -377,13 +413,16 @@ export class QueueWorker {
     try {
       this.q.verdicts(b)
     } catch (e) {
-      // The addon has already retried; what it could not send is still waiting. Settle it.
-      this.log.error(`queue ${this.queue}: ${(e as Error).message}; every packet still waiting gets the fault verdict (${this.cfg.onFault})`)
-      const waiting = this.waiting(this.q.kernelCounters()?.waiting)
-      this.q.settleAll(this.faultCode) // throws if even that fails: fatal
-      this.counts.settled += waiting
+      this.verdictsFailed(e as Error)
     }
-    this.lastAt = performance.now()
+  }
+
+  /** The addon has already retried; what it could not send is still waiting. Settle it. */
+  private verdictsFailed(e: Error): void {
+    this.log.error(`queue ${this.queue}: ${e.message}; every packet still waiting gets the fault verdict (${this.cfg.onFault})`)
+    const waiting = this.waiting(this.q.kernelCounters()?.waiting)
+    this.q.settleAll(this.faultCode) // throws if even that fails: fatal
+    this.counts.settled += waiting
   }
 
   /** Packets a settle gives a verdict: those we hold, and those still in the socket (the kernel's count). */

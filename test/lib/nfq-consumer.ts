@@ -4,7 +4,7 @@
 // or {"event":"error",...}. Always bounded: it stops after `limit` packets, or `timeoutMs`, or
 // `idleMs` without packets once some have arrived.
 import {
-  NfQueue, NfQueueError, NF_ACCEPT, NF_DROP, NF_QUEUE_NR, MARK_UNCHANGED, type NfQueueOptions,
+  NfQueue, NfQueueError, NF_ACCEPT, NF_DROP, NF_QUEUE_NR, MARK_UNCHANGED, RV, RV_SHOWN, RV_SLOTS, type NfQueueOptions,
 } from '../../src/live/nfqueue.js'
 import { HDR, OFF } from '../../src/batch-format.js'
 
@@ -22,7 +22,12 @@ interface Config extends NfQueueOptions {
   keep?: number
   /** 'reverse': give each received batch its verdicts one call per packet, last packet first. */
   order?: 'batch' | 'reverse'
-
+  /** 'records': send with verdictRecords (the live loop's plain path; not with mode 'edit') */
+  api?: 'verdicts' | 'records'
+  /** with api 'records': every badEvery-th packet that would be accepted gets code 7, which the
+   *  kernel does not take (verdictRecords must send faultCode instead) */
+  badEvery?: number
+  faultCode?: number
 }
 
 const cfg: Config = JSON.parse(process.argv[2] ?? '{}')
@@ -48,6 +53,11 @@ const lengths = new Uint32Array(1024)
 const edit = new Uint8Array(1 << 22)
 const seen: object[] = []
 let packets = 0, accepted = 0, dropped = 0, first = 0, last = 0
+// api 'records': the verdicts and marks as the live loop holds them, and what the addon counted
+const vcodes = new Int32Array(1024), vmarks = new Float64Array(1024), vfault = new Uint8Array(1024)
+const counted = new Float64Array(RV_SLOTS)
+let plain = 0, invalid = 0
+const shown: { id: number; code: number }[] = []
 // what the records said, in aggregate
 const agg = { gso: 0, csumNotReady: 0, maxLen: 0, overMtu: 0, families: {} as Record<number, number>,
   uids: [] as number[], gids: [] as number[] }
@@ -109,13 +119,25 @@ function drain() {
         lengths[i] = len
         editPos += len
       }
-      if (codes[i] === NF_DROP) dropped++
+      if (cfg.api === 'records') {
+        if (codes[i] === NF_ACCEPT && cfg.badEvery && ++plain % cfg.badEvery === 0) codes[i] = 7
+        vcodes[i] = codes[i]
+        vmarks[i] = marks[i] === MARK_UNCHANGED ? -1 : marks[i]
+      } else if (codes[i] === NF_DROP) dropped++
       else accepted++
       pos += dv.getUint32(pos + OFF.reclen, true)
     }
     packets += n
     const payload = useEdit ? { data: edit, offsets, lengths } : null
-    if (cfg.order === 'reverse') {
+    if (cfg.api === 'records') {
+      q.verdictRecords(buf, n, vcodes, vmarks, vfault, cfg.faultCode ?? NF_DROP, counted)
+      accepted += counted[RV.accepted] + counted[RV.other]
+      dropped += counted[RV.dropped]
+      invalid += counted[RV.invalid]
+      for (let i = 0; i < Math.min(counted[RV.invalid], RV_SHOWN) && shown.length < 8; i++) {
+        shown.push({ id: counted[RV.shown + 2 * i], code: counted[RV.shown + 2 * i + 1] })
+      }
+    } else if (cfg.order === 'reverse') {
       for (let i = n - 1; i >= 0; i--) {
         q.verdicts({ count: 1, ids: ids.subarray(i), codes: codes.subarray(i), marks: marks.subarray(i),
           payload: payload && { data: edit, offsets: offsets.subarray(i), lengths: lengths.subarray(i) } })
@@ -146,7 +168,7 @@ function finish() {
   const kernel = q.kernelCounters()
   q.close({ settle: NF_ACCEPT })
   out({
-    event: 'done', packets, accepted, dropped, seconds: (last - first) / 1000,
+    event: 'done', packets, accepted, dropped, invalid, shown, seconds: (last - first) / 1000,
     pps: last > first ? Math.round(packets / ((last - first) / 1000)) : 0,
     cpu_us_per_packet: cpuLast && packets ? +((cpuLast.user + cpuLast.system) / packets).toFixed(3) : 0,
     stats, kernel, seen, agg,

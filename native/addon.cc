@@ -129,7 +129,7 @@ class Queue : public Napi::ObjectWrap<Queue> {
   ~Queue() override { DetachPoller(true); }
 
  private:
-  // receive(buf: Uint8Array, maxRecords: number, info: Uint32Array) -> records
+  // receive(buf: Uint8Array, maxRecords: number, info: Uint32Array, ids?: Float64Array) -> records
   Napi::Value Receive(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     uint8_t* buf;
@@ -138,13 +138,20 @@ class Queue : public Napi::ObjectWrap<Queue> {
     size_t outLen;
     if (info.Length() < 3 || !getTyped(info[0], napi_uint8_array, &buf, &cap) || !info[1].IsNumber() ||
         !getTyped(info[2], napi_uint32_array, &out, &outLen) || outLen < 2) {
-      Napi::TypeError::New(env, "receive(buf: Uint8Array, maxRecords: number, info: Uint32Array(2+))")
+      Napi::TypeError::New(env, "receive(buf: Uint8Array, maxRecords: number, info: Uint32Array(2+), ids?: Float64Array)")
           .ThrowAsJavaScriptException();
       return env.Undefined();
     }
     double max = info[1].As<Napi::Number>().DoubleValue();
     uint32_t maxRecords = max >= 4294967295.0 ? 0xffffffffu : (max > 0 ? (uint32_t)max : 0);
     psd::ReceiveResult rr;
+    if (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull()) {
+      size_t nIds;
+      if (!getTyped(info[3], napi_float64_array, &rr.ids, &nIds) || nIds < maxRecords) {
+        Napi::TypeError::New(env, "receive: ids must be a Float64Array of at least maxRecords numbers").ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+    }
     int r = q_.receive(buf, cap, maxRecords, &rr);
     out[0] = rr.records;
     out[1] = rr.bytes;

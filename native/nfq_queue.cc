@@ -546,6 +546,7 @@ size_t NfQueue::parseDatagram(uint8_t* dst, size_t cap, uint32_t maxRecords, Rec
         for (size_t i = rec::HDR + plen; i < need; i++) r[i] = 0;
         if (truncated) c_.truncated++;
         track(id);
+        if (out->ids) out->ids[out->records] = id;
         out->records++;
         out->bytes += (uint32_t)need;
       }

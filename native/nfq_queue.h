@@ -84,6 +84,7 @@ struct PayloadSource {
 struct ReceiveResult {
   uint32_t records = 0;
   uint32_t bytes = 0;
+  double* ids = nullptr;  // when set (maxRecords slots), record k's packet id goes to ids[k] too
 };
 
 // What verdictRecords gave, for the caller's counters and log.

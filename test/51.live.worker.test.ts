@@ -48,13 +48,14 @@ class FakeQueue {
     return id
   }
 
-  receive(buf: Uint8Array, max: number): number {
+  receive(buf: Uint8Array, max: number, ids?: Float64Array): number {
     const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
     let n = 0, pos = 0
     while (n < max && this.waiting.length && pos + HDR + this.waiting[0].data.length + 4 <= buf.length) {
       const p = this.waiting.shift()!
       pos = writeRecord(buf, view, pos, p.data, p.meta)
       this.held.add(p.meta.id)
+      if (ids) ids[n] = p.meta.id
       n++
     }
     this.lastBytes = pos

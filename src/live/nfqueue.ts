@@ -109,7 +109,7 @@ export class NfQueueError extends Error {
 }
 
 interface NativeQueue {
-  receive(buf: Uint8Array, max: number, info: Uint32Array): number
+  receive(buf: Uint8Array, max: number, info: Uint32Array, ids?: Float64Array): number
   verdicts(count: number, ids: Uint32Array, codes: Uint32Array, marks: Uint32Array | Float64Array | null,
     data: Uint8Array | null, offsets: Uint32Array | null, lengths: Uint32Array | null): number
   verdictRecords(records: Uint8Array, count: number, verdict: Int32Array, mark: Float64Array, fault: Uint8Array,
@@ -280,10 +280,11 @@ export class NfQueue {
   /**
    * Receives up to maxPackets packets without blocking and writes them as records from buf[0]
    * on. Returns the number of records (0: nothing waiting); lastBytes gives the bytes used.
+   * With `ids` (at least maxPackets numbers), record k's packet id goes to ids[k] too.
    */
-  receive(buf: Uint8Array, maxPackets = 64): number {
+  receive(buf: Uint8Array, maxPackets = 64, ids?: Float64Array): number {
     try {
-      return this.#native().receive(buf, maxPackets, this.#info)
+      return this.#native().receive(buf, maxPackets, this.#info, ids)
     } catch (e) {
       throw wrapError(e, this.queue)
     }

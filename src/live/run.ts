@@ -163,6 +163,7 @@ export class QueueWorker {
   private readonly bufs: Uint8Array[]
   private readonly views: DataView[]
   private readonly outs: BatchOutput[]
+  /** the packet ids of each buffer's records, written by receive() */
   private readonly ns: Float64Array[]
   private readonly used = [0, 0]
   private readonly ids: Uint32Array
@@ -238,13 +239,13 @@ export class QueueWorker {
    * more of them, so the backlog clears sooner. A short receive means the socket is empty.
    */
   private receive(i: number): number {
-    const buf = this.bufs[i], q = this.q
-    let n = q.receive(buf, this.batch)
+    const buf = this.bufs[i], ns = this.ns[i], q = this.q
+    let n = q.receive(buf, this.batch, ns)
     let used = q.lastBytes
     let full = n === this.batch || q.pending
     while (full && n < this.maxBatch && buf.length - used >= this.maxRecord) {
       const ask = Math.min(this.batch, this.maxBatch - n)
-      const m = q.receive(buf.subarray(used), ask)
+      const m = q.receive(buf.subarray(used), ask, ns.subarray(n))
       n += m
       used += q.lastBytes
       full = m === ask || q.pending
@@ -300,11 +301,7 @@ export class QueueWorker {
 
   /** Starts the tenant's run over batch i; never rejects (a failed run gives fault verdicts). */
   private async startRun(i: number, n: number): Promise<void> {
-    const dv = this.views[i], out = this.outs[i], ns = this.ns[i]
-    for (let k = 0, pos = 0; k < n; k++) {
-      ns[k] = dv.getUint32(pos + OFF.id, true)
-      pos += dv.getUint32(pos + OFF.reclen, true)
-    }
+    const out = this.outs[i], ns = this.ns[i] // ns: the packet ids, as receive() wrote them
     try {
       await this.tenant.run(this.bufs[i].subarray(0, this.used[i]), n, out, ns)
     } catch (e) {
@@ -459,7 +456,7 @@ export class QueueWorker {
         await this.process(0, n)
         drained += n
         // Packets queued after the signal are not waited for.
-        if (last !== undefined && ((this.ids[n - 1] - last) | 0) >= 0) break
+        if (last !== undefined && ((this.ns[0][n - 1] - last) | 0) >= 0) break
       }
     } catch (e) {
       this.log.error(`queue ${this.queue}: while draining: ${(e as Error).message}`)

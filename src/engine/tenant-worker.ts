@@ -79,6 +79,9 @@ type CommandBody = Extract<WorkerCommand, { id: number }> extends infer T ? T ex
 const CUR_BOOT = -2
 /** JS heap limits of a worker: the VM's memory is wasm memory, outside these; the JS side is small. */
 const RESOURCE_LIMITS = { maxOldGenerationSizeMb: 64, maxYoungGenerationSizeMb: 4, stackSizeMb: 4 }
+/** Batches of at most this many packets are waited for blocking, at most SYNC_WAIT_MS (awaitDone). */
+const SYNC_WAIT_PACKETS = 64
+const SYNC_WAIT_MS = 0.5
 /** Shared buffers a worker is handed for batches to lie in (a queue loop has two). */
 const MAX_SHARED = 4
 const workerUrl = new URL('./worker.js', import.meta.url)
@@ -203,7 +206,7 @@ class WorkerHandle implements Watched {
       ctl[C.bytes] = bytes
       Atomics.store(ctl, C.cmd, id)
       Atomics.notify(ctl, C.cmd)
-      this.awaitDone(id)
+      this.awaitDone(id, count)
     })
   }
 
@@ -224,9 +227,18 @@ class WorkerHandle implements Watched {
     return { id, reply }
   }
 
-  /** Resolves batch command id once the worker says it is done (ctl[C.done]). */
-  private awaitDone(id: number): void {
+  /**
+   * Resolves batch command id once the worker says it is done (ctl[C.done]). A short batch is
+   * first waited for blocking (Atomics.wait, at most SYNC_WAIT_MS): a worker that answers by then
+   * wakes this thread by a futex, a few microseconds, where a wake-up through the event loop
+   * (waitAsync) costs tens, and the packets of a short batch are waiting for just that. A long
+   * batch is waited for asynchronously, so that this thread feeds the other queues' workers
+   * meanwhile.
+   */
+  private awaitDone(id: number, count: number): void {
     const ctl = this.channel.ctl
+    const prev = Atomics.load(ctl, C.done)
+    if (prev !== id && count <= SYNC_WAIT_PACKETS) Atomics.wait(ctl, C.done, prev, SYNC_WAIT_MS)
     const check = (): void => {
       for (;;) {
         if (this.gone) return

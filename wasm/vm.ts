@@ -21,10 +21,18 @@ import { webcrypto } from 'node:crypto'
 import { loadLuaWasm, meteredAllocator, type RawExports, type MeteredAllocator } from './loader.js'
 import { CACHE_BYTES, TRACE_FRAME_EXPORT, TRACE_CACHE_EXPORT } from './count-hook-patch.js'
 import { fixup, checksum16 } from '../src/packet/checksum.js'
+import { HDR } from '../src/batch-format.js'
 
 const LUA_MASKCOUNT = 8
 const LUA_REGISTRYINDEX = -1001000
-const LUA_TNIL = 0, LUA_TBOOLEAN = 1, LUA_TNUMBER = 3, LUA_TSTRING = 4, LUA_TFUNCTION = 6
+const LUA_TNIL = 0, LUA_TBOOLEAN = 1, LUA_TNUMBER = 3, LUA_TSTRING = 4, LUA_TTABLE = 5, LUA_TFUNCTION = 6
+/** The packet tables the host makes (makePacket): Lua 5.4's lua_State.top, Table and TValue in
+ *  this wasm32 build (Table.alimit, Table.array, Table.metatable; a TValue is 8 bytes of value and
+ *  a tag byte, 16 in all) and the tags it writes (a long string, an integer, false).
+ *  probePacketLayout checks every one. */
+const L_TOP = 12, TABLE_ALIMIT = 8, TABLE_ARRAY = 12, TABLE_METATABLE = 24, TVALUE = 16, TV_TAG = 8
+const TAG_LNGSTR = 0x54, TAG_INT = 0x03, TAG_FALSE = 0x01, TAG_EMPTY = 0x10
+const PACKET_SLOTS = 7
 const LUA_ERRMEM = 4
 /** Lua cuts chunk names to 60 bytes in messages: a longer script path is loaded under this token
  *  and the host puts the path back, exactly as the user gave it, in every message it reads. */
@@ -220,6 +228,14 @@ export class LuaVM {
   get rebuildReason(): string | null { return this.broken ? 'the VM crashed' : this.exhausted }
   private exhausted: string | null = null
   private collectRef = 0
+  /** The packet metatable (P.PKT, registry ref), and whether this build's tables are laid out as
+   *  makePacket writes them (probePacketLayout); without it P.run makes each packet itself. */
+  private pktRef = 0
+  /** P.PKT's Table, for the metatable slot of the packets makePacket makes. */
+  private pktMt = 0
+  private pktLayout = false
+  /** The batch string's TString (lua_topointer), for slot 1 of the packets makePacket makes. */
+  private batchStr = 0
 
   // ---------------------------------------------------------------- setup
 
@@ -375,9 +391,82 @@ export class LuaVM {
     ex.lua_settop(L, 1)
     if (ex.lua_getfield(L, 1, this.cstr('collect')) === LUA_TFUNCTION) this.collectRef = ex.luaL_ref(L, LUA_REGISTRYINDEX)
     else ex.lua_settop(L, 1)
+    if (ex.lua_getfield(L, 1, this.cstr('PKT')) === LUA_TTABLE) {
+      this.pktRef = ex.luaL_ref(L, LUA_REGISTRYINDEX)
+      this.pktLayout = process.env.PSD_HOST_PACKETS !== '0' && this.probePacketLayout()
+    } else ex.lua_settop(L, 1)
     ex.lua_getfield(L, 1, this.cstr('run'))
     ex.lua_rotate(L, 1, 1)
     // stack: 1 = P.run, 2 = P
+  }
+
+  /**
+   * Whether makePacket may write packet slots straight into a new table's array: builds a table
+   * through the C API (a long string, an integer, false), checks that the bytes sit where
+   * makePacket expects them, then writes the same kinds of values the way makePacket does and
+   * reads them back through the API. Any difference and P.run makes the packets itself.
+   */
+  private probePacketLayout(): boolean {
+    const ex = this.ex, L = this.L, top = ex.lua_gettop(L)
+    try {
+      ex.lua_pushstring(L, this.cstr('psd: a long string (longer than 40 bytes) to probe the layout of tables'))
+      const str = ex.lua_topointer(L, -1)
+      ex.lua_createtable(L, PACKET_SLOTS, 0)
+      const t = ex.lua_topointer(L, -1)
+      this.refreshViews()
+      if (this.topTable() !== t) return false
+      ex.lua_pushvalue(L, -2); ex.lua_rawseti(L, -2, 1n)
+      ex.lua_pushinteger(L, 0x1234567n); ex.lua_rawseti(L, -2, 2n)
+      ex.lua_pushboolean(L, 0); ex.lua_rawseti(L, -2, 3n)
+      this.refreshViews()
+      const dv = this.dv
+      if (!str || !t || dv.getUint32(t + TABLE_ALIMIT, true) !== PACKET_SLOTS) return false
+      const a = dv.getUint32(t + TABLE_ARRAY, true)
+      if (dv.getUint32(a, true) !== str || dv.getUint8(a + TV_TAG) !== TAG_LNGSTR) return false
+      if (dv.getUint32(a + TVALUE, true) !== 0x1234567 || dv.getUint32(a + TVALUE + 4, true) !== 0 || dv.getUint8(a + TVALUE + TV_TAG) !== TAG_INT) return false
+      if (dv.getUint8(a + 2 * TVALUE + TV_TAG) !== TAG_FALSE) return false
+      for (let i = 3; i < PACKET_SLOTS; i++) if (dv.getUint8(a + i * TVALUE + TV_TAG) !== TAG_EMPTY) return false
+      // written as makePacket writes, read back through the API
+      this.writeSlots(a, str, 7654321, 42, 99)
+      const want: [number, bigint | boolean | null][] = [[1, null], [2, 7654321n], [3, 42n], [4, false], [5, false], [6, 99n], [7, false]]
+      for (const [i, v] of want) {
+        const type = ex.lua_rawgeti(L, -1, BigInt(i))
+        const ok = v === null ? type === LUA_TSTRING && ex.lua_rawequal(L, -1, -3) === 1
+          : v === false ? type === LUA_TBOOLEAN && ex.lua_toboolean(L, -1) === 0
+          : type === LUA_TNUMBER && ex.lua_isinteger(L, -1) === 1 && ex.lua_tointegerx(L, -1, 0) === v
+        ex.lua_settop(L, -2)
+        if (!ok) return false
+      }
+      // the metatable: set through the API, read where makePacket writes it
+      ex.lua_rawgeti(L, LUA_REGISTRYINDEX, BigInt(this.pktRef))
+      const mt = ex.lua_topointer(L, -1)
+      if (dv.getUint32(t + TABLE_METATABLE, true) !== 0) return false
+      ex.lua_setmetatable(L, -2)
+      this.refreshViews()
+      if (!mt || this.dv.getUint32(t + TABLE_METATABLE, true) !== mt) return false
+      this.pktMt = mt
+      return true
+    } finally {
+      ex.lua_settop(L, top)
+    }
+  }
+
+  /** The Table on top of the stack (the value of the TValue below L->top). */
+  private topTable(): number {
+    return this.dv.getUint32(this.dv.getUint32(this.L + L_TOP, true) - TVALUE, true)
+  }
+
+  /** A packet's slots as P.run's constructor sets them (packet.lua): bytes, base, len, false,
+   *  false, hdr, false; into the array at `a` of a table just made (white: no write barrier). */
+  private writeSlots(a: number, str: number, base: number, len: number, hdr: number): void {
+    const dv = this.dv
+    dv.setUint32(a, str, true); dv.setUint32(a + 4, 0, true); dv.setUint8(a + TV_TAG, TAG_LNGSTR)
+    dv.setUint32(a + TVALUE, base, true); dv.setUint32(a + TVALUE + 4, 0, true); dv.setUint8(a + TVALUE + TV_TAG, TAG_INT)
+    dv.setUint32(a + 2 * TVALUE, len, true); dv.setUint32(a + 2 * TVALUE + 4, 0, true); dv.setUint8(a + 2 * TVALUE + TV_TAG, TAG_INT)
+    dv.setUint8(a + 3 * TVALUE + TV_TAG, TAG_FALSE)
+    dv.setUint8(a + 4 * TVALUE + TV_TAG, TAG_FALSE)
+    dv.setUint32(a + 5 * TVALUE, hdr, true); dv.setUint32(a + 5 * TVALUE + 4, 0, true); dv.setUint8(a + 5 * TVALUE + TV_TAG, TAG_INT)
+    dv.setUint8(a + 6 * TVALUE + TV_TAG, TAG_FALSE)
   }
 
   private loadChunk(src: Uint8Array, chunkname: string): void {
@@ -783,10 +872,32 @@ export class LuaVM {
       this.setCountdown(n)
     }
     if (this.k >= this.count) return 0
-    // as floats: a BigInt per push costs more than the conversion in P.run
-    this.ex.lua_pushnumber(L, pos + 1)
-    this.ex.lua_pushnumber(L, bv.getUint32(pos + 4, true))
-    return 2
+    const len = bv.getUint32(pos + 4, true)
+    if (this.pktLayout) return this.makePacket(L, pos, len)
+    // where the next record is, for P.run to make the packet (integers, as makePacket writes them)
+    this.ex.lua_pushnil(L)
+    this.ex.lua_pushinteger(L, BigInt(pos + 1))
+    this.ex.lua_pushinteger(L, BigInt(len))
+    return 3
+  }
+
+  /**
+   * Pushes the packet for the record at pos (0-based), as P.run would make it: a table of
+   * PACKET_SLOTS array slots and the packet metatable, written in place (the layout was checked
+   * by probePacketLayout). A table just made is white, so neither write needs the collector's
+   * barrier, and PKT has no __gc, so lua_setmetatable would have nothing more to do either.
+   * This spares P.run the table constructor's instructions and a call of setmetatable per
+   * packet, and the host two calls into the wasm (one lua_createtable instead of two pushes).
+   * The table is allocated here, after the previous packet's result is final: an allocation
+   * that fails faults this packet, as it did in P.run.
+   */
+  private makePacket(L: number, pos: number, len: number): number {
+    this.ex.lua_createtable(L, PACKET_SLOTS, 0)
+    this.refreshViews()
+    const t = this.topTable()
+    this.writeSlots(this.dv.getUint32(t + TABLE_ARRAY, true), this.batchStr, pos + HDR, len, pos + 1)
+    this.dv.setUint32(t + TABLE_METATABLE, this.pktMt, true)
+    return 1
   }
 
   private packetFinal(k: number): void {
@@ -837,9 +948,9 @@ export class LuaVM {
       ex.lua_pushvalue(L, 1)
       ex.lua_pushvalue(L, 3)
       ex.lua_pushnumber(L, count)
-      ex.lua_pushnumber(L, this.pos + 1)
+      ex.lua_pushinteger(L, BigInt(this.pos + 1))
       ex.lua_pushnumber(L, this.k + 1)
-      ex.lua_pushnumber(L, this.batchView.getUint32(this.pos + 4, true))
+      ex.lua_pushinteger(L, BigInt(this.batchView.getUint32(this.pos + 4, true)))
       const st = this.pcall(5, 0)
       if (st === 0) {
         if (this.k >= count) break
@@ -899,6 +1010,7 @@ export class LuaVM {
     }
     ex.lua_rawgeti(L, LUA_REGISTRYINDEX, this.batchRef)
     const p = ex.lua_tolstring(L, -1, 0)
+    this.batchStr = ex.lua_topointer(L, -1)
     this.refreshViews()
     this.u8.set(batch, p)
     this.batchLen = batch.length

@@ -363,33 +363,38 @@ end
 -- Runs packets i..n of a batch string whose record i starts at pos and holds len bytes. The
 -- host calls it again from the packet after a fault (a fault unwinds this loop; the host knows
 -- where it stopped because every finished packet reported through accept/drop/done, which also
--- re-arm the fuel for the next packet). Each report returns where the next record starts and
--- its length (the host reads them from the batch it holds: that spares a string.unpack per
--- packet here), or nothing after the last one. A host that gives no len and returns nothing
--- from its reports (bench/compare/shim.lua) has the records read here instead. Offline it also
--- returns early, before a packet that a timer is due ahead of (P.set_due); the host fires the
--- timer and calls it again from that packet.
+-- re-arm the fuel for the next packet). Each report returns the next packet, made by the host
+-- the way the constructor below makes it (wasm/vm.ts makePacket: a table, its metatable set
+-- with the C API, which spares a call of setmetatable per packet here), or nothing after the
+-- last one. A host that cannot make packets returns where the next record starts and its
+-- length instead (nil, pos, len), and the packet is made here. A host that gives no len and
+-- returns nothing from its reports (bench/compare/shim.lua) has the records read here. Offline
+-- it also returns early, before a packet that a timer is due ahead of (P.set_due); the host
+-- fires the timer and calls it again from that packet.
 function P.run(b, n, pos, i, len)
   if live ~= nil then live[1] = nil; live = nil end
   batch = b
-  local reclen, nxt
+  local pkt, reclen
   while i <= n do
-    if len == nil then reclen, len = sunpack('<I4I4', b, pos) end
+    if pkt == nil then
+      if len == nil then reclen, len = sunpack('<I4I4', b, pos) end
+      pkt = setmetatable({ b, pos + HDR - 1, len | 0, false, false, pos, false }, PKT)
+    end
     if due ~= nil then
-      local sec, nsec = sunpack('<I4I4', b, pos + 20)
+      local sec, nsec = sunpack('<I4I4', b, pkt[6] + 20)
       if sec * 1000000000 + nsec >= due then return end
     end
-    local pkt = setmetatable({ b, pos + HDR - 1, len | 0, false, false, pos, false }, PKT)
     live = pkt
     local v, m = entry(pkt)
+    local nxt
     if m == nil and not pkt[4] and not pkt[7] and (v == nil or v == 1 or v == 0) then
       pkt[1] = nil
       live = nil
-      if v == 0 then nxt, len = drop() else nxt, len = accept() end
+      if v == 0 then pkt, nxt, len = drop() else pkt, nxt, len = accept() end
     else
-      nxt, len = finish(pkt, v, m)
+      pkt, nxt, len = finish(pkt, v, m)
     end
-    pos = nxt or reclen and pos + reclen
+    if pkt == nil then pos = nxt or reclen and pos + reclen end
     i = i + 1
   end
 end

@@ -86,6 +86,27 @@ test('host-made packets and P.run-made packets: same slots, fields, verdicts, ma
   assert.ok(a.logs.every((l) => l.startsWith('kept') || /\tstring:bytes integer:\d+ integer:\d+ boolean:false boolean:false integer:\d+ boolean:false\t/.test(l)), a.logs[0])
 })
 
+test('offline timers fire between the same two packets either way', async () => {
+  const script = `local fired = 0
+timer.every(5, function() fired = fired + 1; print('timer', fired, time.now()) end)
+function on_packet(pkt)
+  print('packet', pkt.id, pkt.time, fired)
+  if pkt.id % 4 == 0 then timer.after(1, function() print('after', pkt and 1) end) end
+  if pkt.id % 9 == 0 then return DROP end
+end`
+  const a = await run(script, true), b = await run(script, false)
+  assert.equal(a.logs, b.logs)
+  assert.equal(a.results, b.results)
+  assert.ok(a.logs.filter((l) => l.startsWith('timer')).length > 20, 'timers fired')
+  // every timer line comes before the first packet at or after its time
+  let last = 0n
+  for (const l of a.logs) {
+    const f = l.split('\t')
+    if (f[0] === 'timer') assert.ok(BigInt(f[2]) >= last, l)
+    if (f[0] === 'packet') last = BigInt(f[2])
+  }
+})
+
 test('fuel: a packet that runs out faults alone, with host-made packets as with P.run-made ones', async () => {
   const script = `local n = 0
 function on_packet(pkt)

@@ -150,6 +150,7 @@ export class LuaVM {
   private L = 0
   private u8!: Uint8Array
   private dv!: DataView
+  private i32!: Int32Array
   // budgets
   private readonly fuel: number
   private readonly timeoutMs: number
@@ -288,6 +289,7 @@ export class LuaVM {
       const buf = this.ex.memory.buffer
       this.u8 = new Uint8Array(buf)
       this.dv = new DataView(buf)
+      this.i32 = new Int32Array(buf)
     }
   }
 
@@ -402,9 +404,9 @@ export class LuaVM {
 
   /**
    * Whether makePacket may write packet slots straight into a new table's array: builds a table
-   * through the C API (a long string, an integer, false), checks that the bytes sit where
-   * makePacket expects them, then writes the same kinds of values the way makePacket does and
-   * reads them back through the API. Any difference and P.run makes the packets itself.
+   * through the C API (a long string, an integer, false, a metatable), checks that the bytes sit
+   * where makePacket expects them, then has makePacket make a packet and reads it back through
+   * the API. Any difference and P.run makes the packets itself.
    */
   private probePacketLayout(): boolean {
     const ex = this.ex, L = this.L, top = ex.lua_gettop(L)
@@ -414,7 +416,7 @@ export class LuaVM {
       ex.lua_createtable(L, PACKET_SLOTS, 0)
       const t = ex.lua_topointer(L, -1)
       this.refreshViews()
-      if (this.topTable() !== t) return false
+      if (this.dv.getUint32(this.dv.getUint32(L + L_TOP, true) - TVALUE, true) !== t) return false
       ex.lua_pushvalue(L, -2); ex.lua_rawseti(L, -2, 1n)
       ex.lua_pushinteger(L, 0x1234567n); ex.lua_rawseti(L, -2, 2n)
       ex.lua_pushboolean(L, 0); ex.lua_rawseti(L, -2, 3n)
@@ -426,17 +428,6 @@ export class LuaVM {
       if (dv.getUint32(a + TVALUE, true) !== 0x1234567 || dv.getUint32(a + TVALUE + 4, true) !== 0 || dv.getUint8(a + TVALUE + TV_TAG) !== TAG_INT) return false
       if (dv.getUint8(a + 2 * TVALUE + TV_TAG) !== TAG_FALSE) return false
       for (let i = 3; i < PACKET_SLOTS; i++) if (dv.getUint8(a + i * TVALUE + TV_TAG) !== TAG_EMPTY) return false
-      // written as makePacket writes, read back through the API
-      this.writeSlots(a, str, 7654321, 42, 99)
-      const want: [number, bigint | boolean | null][] = [[1, null], [2, 7654321n], [3, 42n], [4, false], [5, false], [6, 99n], [7, false]]
-      for (const [i, v] of want) {
-        const type = ex.lua_rawgeti(L, -1, BigInt(i))
-        const ok = v === null ? type === LUA_TSTRING && ex.lua_rawequal(L, -1, -3) === 1
-          : v === false ? type === LUA_TBOOLEAN && ex.lua_toboolean(L, -1) === 0
-          : type === LUA_TNUMBER && ex.lua_isinteger(L, -1) === 1 && ex.lua_tointegerx(L, -1, 0) === v
-        ex.lua_settop(L, -2)
-        if (!ok) return false
-      }
       // the metatable: set through the API, read where makePacket writes it
       ex.lua_rawgeti(L, LUA_REGISTRYINDEX, BigInt(this.pktRef))
       const mt = ex.lua_topointer(L, -1)
@@ -444,29 +435,27 @@ export class LuaVM {
       ex.lua_setmetatable(L, -2)
       this.refreshViews()
       if (!mt || this.dv.getUint32(t + TABLE_METATABLE, true) !== mt) return false
+      // a packet made by makePacket itself, read back through the API
       this.pktMt = mt
+      this.batchStr = str
+      this.makePacket(L, 7654321, 42)
+      this.batchStr = 0
+      const want: [number, bigint | boolean | null][] = [[1, null], [2, BigInt(7654321 + HDR)], [3, 42n], [4, false], [5, false], [6, 7654322n], [7, false]]
+      for (const [i, v] of want) {
+        const type = ex.lua_rawgeti(L, -1, BigInt(i))
+        const ok = v === null ? type === LUA_TSTRING && ex.lua_rawequal(L, -1, -4) === 1
+          : v === false ? type === LUA_TBOOLEAN && ex.lua_toboolean(L, -1) === 0
+          : type === LUA_TNUMBER && ex.lua_isinteger(L, -1) === 1 && ex.lua_tointegerx(L, -1, 0) === v
+        ex.lua_settop(L, -2)
+        if (!ok) return false
+      }
+      if (ex.lua_rawlen(L, -1) !== BigInt(PACKET_SLOTS) || ex.lua_getmetatable(L, -1) !== 1) return false
+      ex.lua_rawgeti(L, LUA_REGISTRYINDEX, BigInt(this.pktRef))
+      if (ex.lua_rawequal(L, -1, -2) !== 1) return false
       return true
     } finally {
       ex.lua_settop(L, top)
     }
-  }
-
-  /** The Table on top of the stack (the value of the TValue below L->top). */
-  private topTable(): number {
-    return this.dv.getUint32(this.dv.getUint32(this.L + L_TOP, true) - TVALUE, true)
-  }
-
-  /** A packet's slots as P.run's constructor sets them (packet.lua): bytes, base, len, false,
-   *  false, hdr, false; into the array at `a` of a table just made (white: no write barrier). */
-  private writeSlots(a: number, str: number, base: number, len: number, hdr: number): void {
-    const dv = this.dv
-    dv.setUint32(a, str, true); dv.setUint32(a + 4, 0, true); dv.setUint8(a + TV_TAG, TAG_LNGSTR)
-    dv.setUint32(a + TVALUE, base, true); dv.setUint32(a + TVALUE + 4, 0, true); dv.setUint8(a + TVALUE + TV_TAG, TAG_INT)
-    dv.setUint32(a + 2 * TVALUE, len, true); dv.setUint32(a + 2 * TVALUE + 4, 0, true); dv.setUint8(a + 2 * TVALUE + TV_TAG, TAG_INT)
-    dv.setUint8(a + 3 * TVALUE + TV_TAG, TAG_FALSE)
-    dv.setUint8(a + 4 * TVALUE + TV_TAG, TAG_FALSE)
-    dv.setUint32(a + 5 * TVALUE, hdr, true); dv.setUint32(a + 5 * TVALUE + 4, 0, true); dv.setUint8(a + 5 * TVALUE + TV_TAG, TAG_INT)
-    dv.setUint8(a + 6 * TVALUE + TV_TAG, TAG_FALSE)
   }
 
   private loadChunk(src: Uint8Array, chunkname: string): void {
@@ -628,7 +617,7 @@ export class LuaVM {
 
   private setCountdown(n: number): void {
     this.refreshViews()
-    this.dv.setInt32(this.L + this.hookCountOffset, n, true)
+    this.i32[(this.L + this.hookCountOffset) >> 2] = n
   }
 
   /** Instructions (and charged library work) used by the current call so far. */
@@ -894,9 +883,19 @@ export class LuaVM {
   private makePacket(L: number, pos: number, len: number): number {
     this.ex.lua_createtable(L, PACKET_SLOTS, 0)
     this.refreshViews()
-    const t = this.topTable()
-    this.writeSlots(this.dv.getUint32(t + TABLE_ARRAY, true), this.batchStr, pos + HDR, len, pos + 1)
-    this.dv.setUint32(t + TABLE_METATABLE, this.pktMt, true)
+    // i32 words: the Table is the value of the TValue below L->top; a TValue is 4 words, its tag
+    // in the third (with padding that nothing reads)
+    const m = this.i32
+    const t = m[(m[(L + L_TOP) >> 2] - TVALUE) >> 2]
+    m[(t + TABLE_METATABLE) >> 2] = this.pktMt
+    const a = m[(t + TABLE_ARRAY) >> 2] >> 2
+    m[a] = this.batchStr; m[a + 1] = 0; m[a + 2] = TAG_LNGSTR // [1] bytes
+    m[a + 4] = pos + HDR; m[a + 5] = 0; m[a + 6] = TAG_INT    // [2] base (1-based record + HDR - 1)
+    m[a + 8] = len; m[a + 9] = 0; m[a + 10] = TAG_INT         // [3] len
+    m[a + 14] = TAG_FALSE                                     // [4] edited
+    m[a + 18] = TAG_FALSE                                     // [5] layers
+    m[a + 20] = pos + 1; m[a + 21] = 0; m[a + 22] = TAG_INT   // [6] hdr (1-based)
+    m[a + 26] = TAG_FALSE                                     // [7] mark
     return 1
   }
 

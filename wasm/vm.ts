@@ -863,10 +863,10 @@ export class LuaVM {
     if (this.k >= this.count) return 0
     const len = bv.getUint32(pos + 4, true)
     if (this.pktLayout) return this.makePacket(L, pos, len)
-    // where the next record is, for P.run to make the packet (integers, as makePacket writes them)
+    // where the next record is, for P.run to make the packet (floats, as runBatch pushes them)
     this.ex.lua_pushnil(L)
-    this.ex.lua_pushinteger(L, BigInt(pos + 1))
-    this.ex.lua_pushinteger(L, BigInt(len))
+    this.ex.lua_pushnumber(L, pos + 1)
+    this.ex.lua_pushnumber(L, len)
     return 3
   }
 
@@ -947,9 +947,10 @@ export class LuaVM {
       ex.lua_pushvalue(L, 1)
       ex.lua_pushvalue(L, 3)
       ex.lua_pushnumber(L, count)
-      ex.lua_pushinteger(L, BigInt(this.pos + 1))
+      // as floats: a BigInt per push costs more than the conversion in P.run
+      ex.lua_pushnumber(L, this.pos + 1)
       ex.lua_pushnumber(L, this.k + 1)
-      ex.lua_pushinteger(L, BigInt(this.batchView.getUint32(this.pos + 4, true)))
+      ex.lua_pushnumber(L, this.batchView.getUint32(this.pos + 4, true))
       const st = this.pcall(5, 0)
       if (st === 0) {
         if (this.k >= count) break

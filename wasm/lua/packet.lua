@@ -378,6 +378,7 @@ function P.run(b, n, pos, i, len)
   while i <= n do
     if pkt == nil then -- the first packet of a run, or from a host that makes none
       if len == nil then reclen, len = sunpack('<I4I4', b, pos) end
+      pos = pos | 0 -- (the host gives floats; slots 2, 3 and 6 are integers, as makePacket writes them)
       pkt = setmetatable({ b, pos + HDR - 1, len | 0, false, false, pos, false }, PKT)
     end
     if live == nil then -- (not when the fast loop below stopped after the call)
@@ -388,18 +389,11 @@ function P.run(b, n, pos, i, len)
       live = pkt
       v, m = entry(pkt)
     end
-    local plain = m == nil and not pkt[4] and not pkt[7] and (v == nil or v == 1 or v == 0)
-    if plain then
+    if m == nil and not pkt[4] and not pkt[7] and (v == nil or v == 1 or v == 0) then
       pkt[1] = nil
       live = nil
       if v == 0 then pkt, nxt, len = drop() else pkt, nxt, len = accept() end
-    else
-      pkt, nxt, len = finish(pkt, v, m)
-    end
-    i = i + 1
-    if pkt == nil then
-      pos = nxt or reclen and pos + reclen
-    elseif plain then
+      i = i + 1
       -- The fast loop: the packets that follow with the same plain verdict (ACCEPT, DROP or
       -- none; no mark, no edit) run straight through it with no jump taken but the one back to
       -- its start, as the fuel count's hook looks in at every jump taken (count-hook-patch.ts).
@@ -407,7 +401,7 @@ function P.run(b, n, pos, i, len)
       -- (live is nil then), after it otherwise. (v ~= want compares a verdict with a number
       -- or nil: never a metamethod.)
       local want, report = v, v == 0 and drop or accept
-      while i <= n do
+      while pkt ~= nil and i <= n do
         if due ~= nil then break end
         live = pkt
         v, m = entry(pkt)
@@ -419,9 +413,11 @@ function P.run(b, n, pos, i, len)
         live = nil
         pkt, nxt, len = report()
         i = i + 1
-        if pkt == nil then break end
       end
-      if pkt == nil then pos = nxt or reclen and pos + reclen end
+    else
+      pkt, nxt, len = finish(pkt, v, m)
+      i = i + 1
     end
+    if pkt == nil then pos = nxt or reclen and pos + reclen end
   end
 end

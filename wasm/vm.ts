@@ -873,8 +873,11 @@ export class LuaVM {
   /**
    * Pushes the packet for the record at pos (0-based), as P.run would make it: a table of
    * PACKET_SLOTS array slots and the packet metatable, written in place (the layout was checked
-   * by probePacketLayout). A table just made is white, so neither write needs the collector's
-   * barrier, and PKT has no __gc, so lua_setmetatable would have nothing more to do either.
+   * by probePacketLayout). The two objects written into it need no barrier of the collector's:
+   * the batch string and PKT are both held by the registry, so the collector marks them in every
+   * cycle whatever colour the new table has by then (lua_createtable may run a collection step
+   * that already marks it, as it sits on the stack); and PKT has no __gc, so lua_setmetatable
+   * would have nothing more to do either.
    * This spares P.run the table constructor's instructions and a call of setmetatable per
    * packet, and the host two calls into the wasm (one lua_createtable instead of two pushes).
    * The table is allocated here, after the previous packet's result is final: an allocation

@@ -291,8 +291,8 @@ export class NfQueue {
   }
 
   /**
-   * Sends verdicts. Plain accepts (NF_ACCEPT, mark unchanged, no payload) are folded into one
-   * NFQNL_MSG_VERDICT_BATCH when that is valid: the kernel accepts every waiting packet with an id
+   * Sends verdicts. Plain accepts (NF_ACCEPT, mark unchanged, no payload) are folded into
+   * NFQNL_MSG_VERDICT_BATCH messages of up to 64 when that is valid: the kernel accepts every waiting packet with an id
    * <= the batch's id, so the addon uses it only up to the first packet it delivered that has no
    * verdict yet; everything else is one NFQNL_MSG_VERDICT each, all in as few sendmsg calls as the
    * sizes allow. A replacement payload replaces the whole packet: never send one for a record with

@@ -473,7 +473,10 @@ export class WorkerTenant {
     const policy = this.cfg.onFault === 'drop' ? 0 : 1
     let first = 0, pos = 0
     while (first < count) {
-      const h = await this.worker()
+      // The live worker is taken without an await: the batch is then posted before this call
+      // returns, and the caller's own work (the live loop's next receive, the last batch's
+      // verdicts) runs beside it instead of before it.
+      const h = this.w ?? await this.worker()
       if (h === null) {
         const why = this.stopped ? 'the tenant is stopped' : `the VM cannot be rebuilt: ${this.downReason}`
         for (let k = first; k < count; k++) this.packetFault(out, k, F_CRASH, `${this.cfg.script}: ${why}`, ns[k], policy)

@@ -10,7 +10,8 @@
 //    packet received .. last verdict sent) is printed too. psd drains twice: a fresh process (cold: its
 //    JavaScript not yet optimised, its wasm not yet tiered up) and then the same daemon again
 //    (warm, as a daemon that has been running is); then C drains once more, and each psd drain
-//    is paired with the C drains around it. Both pinned to CPU 1; the sender to CPU 0.
+//    is paired with the C drains around it. Both pinned to CPU 1 (--cpus 0,1: both CPUs, where
+//    psd's main thread and worker run side by side); the sender to CPU 0.
 // 2. Latency: ping round trips at a fixed rate (1000/s), with no queue rule, with the C consumer,
 //    and with psd in the path; p50/p99 of ping's own times.
 //

@@ -845,8 +845,9 @@ export class LuaVM {
   private onAccept = (L: number): number => { this.out!.verdict[this.k] = 1; return this.nextPacket(L) }
   private onDrop = (L: number): number => { this.out!.verdict[this.k] = 0; return this.nextPacket(L) }
 
-  /** Moves to the next packet of the batch with fresh fuel and clock. Returns to P.run where the
-   *  next record starts (1-based) and its length, or nothing after the last packet. */
+  /** Moves to the next packet of the batch with fresh fuel and clock. Returns to P.run the next
+   *  packet (makePacket), or, when this build's tables cannot be written in place, nil, where the
+   *  next record starts (1-based) and its length; nothing after the last packet. */
   private nextPacket(L: number): number {
     if (this.measureFuel) this.out!.fuel[this.k] = this.fuelUsed()
     this.packetFinal(this.k++)

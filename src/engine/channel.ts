@@ -6,9 +6,9 @@
 // ctl, and posts it by storing its command id in ctl[C.cmd] (Atomics.notify wakes the worker);
 // the worker runs it and writes each packet's result into the result arrays as soon as it is
 // final, so the results of the packets before a runaway survive the worker being terminated,
-// then stores the id in ctl[C.done] and notifies. No message crosses for a batch
-// unless the reply carries more than the channel holds (counters, overflow, an error): then
-// ctl[C.reply] says a message follows. Other commands (stop, reload) are messages. The VM's
+// then stores the id in ctl[C.done] and notifies. No message crosses for a batch unless the
+// reply carries more than the channel holds (counters, overflow, an error): then ctl[C.reply]
+// says a message follows. Other commands (stop, reload) are messages. The VM's
 // progress slots (PROGRESS in wasm/vm.ts) sit in `ctl` too: the watchdog reads them to see which
 // call a worker is in and since when, and `ctl[C.cur]` says which command that call belongs to.
 import { PROGRESS_SLOTS, MAX_BATCH_BYTES } from '../../wasm/vm.js'

@@ -11,7 +11,7 @@
 // Per batch: the records are posted through the shared channel (Atomics.notify): copied into it,
 // or, when they already lie in shared memory (the live loop's receive buffers), left there;
 // verdicts, marks, faults and edited bytes come back through the channel, and so does the word
-// that the batch is done (awaited with Atomics.waitAsync); a message only when the answer needs one.
+// that the batch is done (awaitDone); a message only when the answer needs one.
 // The worker keeps a spare (a second worker with the script loaded) once the watchdog had to
 // stop one, so a tenant that keeps running away does not also wait for a thread to start.
 import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads'
@@ -196,8 +196,8 @@ class WorkerHandle implements Watched {
 
   /**
    * Posts a batch command through the channel: its records are placed (placeInput) and its record
-   * numbers in channel.ns. The worker is woken with Atomics.notify, and its answer awaited with
-   * Atomics.waitAsync; a message comes only when the answer does not fit the channel.
+   * numbers in channel.ns. The worker is woken with Atomics.notify, and its answer awaited
+   * (awaitDone); a message comes only when the answer does not fit the channel.
    */
   batch(count: number, bytes: number): { id: number; reply: Promise<Reply> } {
     return this.issue((id) => {

@@ -3,9 +3,10 @@
 // Inside it, the tenant is the very same engine that runs inline (tenant.ts Tenant, with its
 // fault policy, rebuilds and script services); this file only connects it to the main thread:
 // commands run one at a time; a batch is posted and answered through the shared channel (its
-// records, each packet's result the moment it is final, and the wake-ups: Atomics.waitAsync, so
-// this thread's event loop stays free for timers and messages between batches); the other
-// commands arrive as messages; log lines go straight to stderr from here. After each batch's
+// records, each packet's result the moment it is final, and the wake-ups: right after a batch
+// this thread waits for the next one blocking, for a few milliseconds, then with
+// Atomics.waitAsync, so its event loop stays free for timers and messages between bursts); the
+// other commands arrive as messages; log lines go straight to stderr from here. After each batch's
 // reply the deferred calls run (off the packet path, while the main thread already hands the
 // verdicts on).
 import { parentPort, workerData, receiveMessageOnPort } from 'node:worker_threads'

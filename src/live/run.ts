@@ -8,8 +8,9 @@
 //   full is followed by more, into the same batch: up to 16 receives, 1024 packets)
 //   start the tenant's run over A                      (the VM; async, may be another thread)
 //   receive the next batch into buffer B meanwhile
-//   wait for A's run, start B's run, and while it runs send A's verdicts in one VerdictBatch
-//   (codes, marks, fixed-up payloads); swap A and B, repeat until nothing is waiting
+//   wait for A's run, start B's run, and while it runs send A's verdicts in one sendmsg (the
+//   addon's verdictRecords, or a VerdictBatch with fixed-up payloads when the script edited
+//   packets); swap A and B, repeat until nothing is waiting
 //
 // After the source, this is the offline loop's contract (src/offline/run.ts): the tenant fills a
 // BatchOutput, faults already replaced by the tenant's fault verdict, and edited packets get
